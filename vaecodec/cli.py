@@ -1,0 +1,235 @@
+"""Command line: ``vaecodec compress | decompress | info | train | export | benchmark``.
+
+Every expected failure (bad input, damaged file, missing weights) ends with one line on stderr
+and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see one).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+GLIBC_FAST_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    from .bitstream import BitstreamError
+    from .codec import CodecError
+    from .entropy import EntropyCodingError
+    from .imageio import ImageError
+    from .weights import WeightsError
+    return BitstreamError, CodecError, EntropyCodingError, ImageError, WeightsError, OSError
+
+
+class FriendlyGroup(click.Group):
+    """Turns expected exceptions into ``Error: <one line>`` and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+        except Exception as exc:
+            if os.environ.get("VAECODEC_DEBUG"):
+                raise
+            if isinstance(exc, _expected_errors()):
+                msg = str(exc)
+                if isinstance(exc, OSError) and exc.strerror:
+                    msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+                raise click.ClickException(msg) from None
+            raise click.ClickException(f"internal error ({type(exc).__name__}: {exc}); "
+                                       "rerun with VAECODEC_DEBUG=1 for details") from None
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vaecodec")
+def main():
+    """vaecodec: a learned image codec (mean-scale hyperprior VAE).
+
+    \b
+    vaecodec compress photo.png photo.vae --quality 4
+    vaecodec decompress photo.vae restored.png
+    vaecodec info photo.vae
+    """
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar for multi-tile images (none for a single tile)."""
+    if total <= 1:
+        return None, lambda n: None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="tile", leave=False, file=sys.stderr)
+    return bar, bar.update
+
+
+def _read_input_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise click.ClickException(f"no such file: {path}")
+    if path.is_dir():
+        raise click.ClickException(f"{path} is a directory, not a .vae file")
+    data = path.read_bytes()
+    if not data:
+        raise click.ClickException(f"{path} is empty")
+    return data
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("-q", "--quality", type=click.FloatRange(1, 8), default=4.0, show_default=True,
+              help="1 (smallest, ~0.1 bpp) to 8 (best, ~2 bpp); fractions interpolate.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of exported weights (default: the bundled ones).")
+def compress(input: Path, output: Path, quality: float, force: bool, weights: Path | None):
+    """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file."""
+    from . import bitstream, codec, imageio
+    imageio.check_distinct(input, output)
+    if output.exists() and not force:
+        raise click.ClickException(f"{output} exists; use --force to overwrite")
+    rgb, meta = imageio.read_image(input)
+    for notice in meta.notices:
+        click.echo(f"note: {notice}", err=True)
+    sections = []
+    if meta.icc_profile:
+        sections.append(bitstream.Section(1, meta.icc_profile))
+    if meta.alpha is not None:
+        sections.append(bitstream.Section(2, meta.alpha))
+    model = codec.get_model(str(weights) if weights else None)
+    h, w = rgb.shape[:2]
+    bar, update = _progress(len(codec.tile_grid(h, w, *codec._geometry(h, w))), "compress")
+    start = time.perf_counter()
+    data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
+                                model=model, progress=update)
+    seconds = time.perf_counter() - start
+    if bar:
+        bar.close()
+    imageio.atomic_write_bytes(output, data, force=force)
+    click.echo(f"{input} -> {output}: {len(data):,} bytes, {8 * len(data) / (h * w):.3f} bpp, "
+               f"{w}x{h} {meta.mode}, quality {quality:g}, {seconds:.2f} s")
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of exported weights (default: the bundled ones).")
+def decompress(input: Path, output: Path, force: bool, weights: Path | None):
+    """Decompress a .vae file into an image; the format follows OUTPUT's extension (.png, ...)."""
+    from . import bitstream, codec, imageio
+    imageio.check_distinct(input, output)
+    if output.exists() and not force:
+        raise click.ClickException(f"{output} exists; use --force to overwrite")
+    data = _read_input_bytes(input)
+    model = codec.get_model(str(weights) if weights else None, encoder=False)
+    header = bitstream.peek_header(data)
+    bar, update = _progress(len(codec.tile_grid(header.height, header.width,
+                                                header.tile_size, header.tile_overlap)), "decompress")
+    start = time.perf_counter()
+    decoded = codec.decompress_array(data, model=model, progress=update)
+    seconds = time.perf_counter() - start
+    if bar:
+        bar.close()
+    sections = {s.kind: s.data for s in decoded.sections}
+    alpha = sections.get(2)
+    meta = imageio.ImageMeta(mode=decoded.header.mode, alpha=alpha, icc_profile=sections.get(1),
+                             notices=[])
+    image = imageio.to_image(decoded.rgb, meta)
+    imageio.write_image(output, image, meta.icc_profile, force=force)
+    click.echo(f"{input} -> {output}: {header.width}x{header.height} {header.mode}, "
+               f"{seconds:.2f} s")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def info(file: Path):
+    """Show the header of a .vae file: size, mode, quality, bpp, tiles, weights fingerprint."""
+    from . import bitstream
+    data = _read_input_bytes(file)
+    c = bitstream.unpack(data)
+    h = c.header
+    kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF"}
+    click.echo(f"file:        {file} ({len(data):,} bytes)\n"
+               f"image:       {h.width}x{h.height} {h.mode}\n"
+               f"bpp:         {8 * len(data) / (h.width * h.height):.4f}\n"
+               f"quality:     {h.quality_milli / 1000:g}\n"
+               f"tiles:       {len(c.tiles)}" + (f" ({h.tile_size} px, overlap {h.tile_overlap})"
+                                                 if h.tile_size else "") + "\n"
+               f"latents:     M={h.latent_channels} N={h.hyper_channels}\n"
+               f"weights:     {h.fingerprint.hex()}\n"
+               f"format:      version {bitstream.VERSION}\n"
+               f"sections:    " + (", ".join(f"{kinds.get(s.kind, s.kind)} ({len(s.data):,} bytes)"
+                                             for s in c.sections) or "none"))
+
+
+@main.command()
+@click.option("--data", "data", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of training images (never the evaluation set).")
+@click.option("--out", default="runs/train", show_default=True, help="Run folder: log, checkpoint.")
+@click.option("--minutes", type=float, default=60.0, show_default=True, help="Time budget.")
+@click.option("--max-steps", type=int, default=0, help="Stop after this many steps (0: no limit).")
+@click.option("--crop", type=int, default=128, show_default=True, help="Crop size in pixels.")
+@click.option("--batch", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="bf16 autocast is ~1.8x faster on CPUs with AVX-512 BF16.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this checkpoint's weights (fresh optimiser).")
+@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch default).")
+@click.option("--N", "N", type=int, default=128, show_default=True, help="Filters.")
+@click.option("--M", "M", type=int, default=192, show_default=True, help="Latent channels.")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Export weights to this folder when done (e.g. weights).")
+def train(export_dir, **options):
+    """Train the model (rate + λ·MSE, all 8 quality levels at once); resumable.
+
+    Works under torchrun for multi-process / multi-GPU DDP training.
+    """
+    if sys.platform.startswith("linux") and "mmap_threshold" not in os.environ.get("GLIBC_TUNABLES", ""):
+        # glibc returns large tensors to the kernel after every use; raising its thresholds
+        # (before the process starts) makes CPU training steps ~1.6-1.9x faster.
+        env = dict(os.environ, GLIBC_TUNABLES=GLIBC_FAST_MALLOC)
+        os.execve(sys.executable, [sys.executable, "-m", "vaecodec", *sys.argv[1:]], env)
+    from .train import TrainConfig, train as run
+    cfg = TrainConfig(**{k: v for k, v in options.items() if v is not None and k != "init"},
+                      init=options["init"] or "")
+    ckpt = run(cfg)
+    if export_dir and int(os.environ.get("RANK", "0")) == 0:
+        _export(ckpt, Path(export_dir))
+
+
+def _export(checkpoint: Path, out: Path) -> None:
+    from . import weights
+    from .model import MeanScaleHyperprior
+    from .train import checkpoint_config, load_checkpoint
+    cfg = checkpoint_config(checkpoint)
+    model = MeanScaleHyperprior(cfg.get("N", 128), cfg.get("M", 192))
+    steps = load_checkpoint(checkpoint, model)
+    fp = weights.export(model, out, steps=steps)
+    click.echo(f"exported {checkpoint} (step {steps}) to {out}/ (fingerprint {fp.hex()})")
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
+              show_default=True)
+def export_command(checkpoint: Path, out: Path):
+    """Export a training checkpoint to safetensors weights with fresh entropy tables."""
+    _export(checkpoint, out)
+
+
+try:
+    from .benchmark import benchmark_command
+    main.add_command(benchmark_command)
+except ImportError:  # pragma: no cover - benchmark extras missing
+    pass

@@ -1,0 +1,186 @@
+"""Images <-> ``.vae`` bytes: padding, tiling, side data, and the container.
+
+``compress_array``/``decompress_array`` mirror each other:
+
+1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is cut into tiles:
+   one tile when both sides are at most :data:`TILE` pixels, else a grid of ``TILE``-pixel tiles
+   overlapping by :data:`OVERLAP` pixels. Each tile is edge-padded to a multiple of 64 and coded
+   independently (its own ``z`` and ``y``), so memory stays bounded by one tile.
+2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
+   linear ramps so no seam shows; the output has exactly the input's height and width.
+
+Alpha planes and ICC profiles travel losslessly as container sections (:mod:`vaecodec.bitstream`).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import bitstream
+from .model import STRIDE
+
+TILE = 1024
+OVERLAP = 64
+
+
+class CodecError(ValueError):
+    """The image cannot be coded, or the file does not match the loaded model."""
+
+
+@functools.lru_cache(maxsize=4)
+def get_model(weights_dir: str | None = None, encoder: bool = True):
+    """Load (once per process) the exported model, see :func:`vaecodec.weights.load`."""
+    from . import weights
+    return weights.load(weights_dir, encoder=encoder)
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(top, left, h, w)`` covering the image, in raster order.
+
+    ``tile == 0`` means one tile. Otherwise tiles start every ``tile - overlap`` pixels and the
+    last row/column is clipped at the image border. Encoder and decoder derive the same grid.
+    """
+    if tile == 0:
+        return [(0, 0, height, width)]
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        step = tile - overlap
+        count = math.ceil((n - overlap) / step)
+        return [i * step for i in range(count)]
+
+    return [(t, l, min(tile, height - t), min(tile, width - l))
+            for t in starts(height) for l in starts(width)]
+
+
+def _ramp(length: int, start_overlap: int, end_overlap: int) -> np.ndarray:
+    """Blending weights along one axis of a tile: linear ramps over the overlaps, 1 elsewhere."""
+    w = np.ones(length, dtype=np.float32)
+    if start_overlap:
+        w[:start_overlap] = (np.arange(start_overlap) + 0.5) / start_overlap
+    if end_overlap:
+        w[length - end_overlap:] = np.minimum(w[length - end_overlap:],
+                                              (np.arange(end_overlap)[::-1] + 0.5) / end_overlap)
+    return w
+
+
+def _pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[2:]
+    ph, pw = (-h) % STRIDE, (-w) % STRIDE
+    if ph or pw:
+        # edge replication; done as index gathering so any size (even 1 pixel) works
+        rows = torch.arange(h + ph).clamp_max(h - 1)
+        cols = torch.arange(w + pw).clamp_max(w - 1)
+        x = x[:, :, rows][:, :, :, cols]
+    return x
+
+
+def _geometry(height: int, width: int) -> tuple[int, int]:
+    if height <= TILE and width <= TILE:
+        return 0, 0
+    return TILE, OVERLAP
+
+
+def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
+                   sections: tuple = (), model=None, progress=None) -> bytes:
+    """Code an ``(H, W, 3)`` uint8 RGB array into ``.vae`` bytes.
+
+    ``quality`` in ``[1, 8]`` (fractional allowed, stored in thousandths); ``mode`` is the mode
+    to restore on decode ("RGB", "L", "RGBA", "LA"); ``sections`` are :class:`bitstream.Section`
+    side data. ``progress(n)`` is called after each tile. Raises :class:`CodecError`.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise CodecError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    quality_milli = round(float(quality) * 1000)
+    if not 1000 <= quality_milli <= 8000:
+        raise CodecError(f"quality must be between 1 and 8, got {quality}")
+    model = model or get_model()
+    height, width = rgb.shape[:2]
+    tile, overlap = _geometry(height, width)
+    tiles = []
+    for top, left, h, w in tile_grid(height, width, tile, overlap):
+        x = torch.from_numpy(np.ascontiguousarray(rgb[top:top + h, left:left + w]))
+        x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
+        s = model.compress(x, quality_milli / 1000)
+        tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
+                                           s["y_stream"], s["escapes"]))
+        if progress:
+            progress(1)
+    header = bitstream.Header(fingerprint=model.coding.fingerprint, quality_milli=quality_milli,
+                              height=height, width=width, mode=mode, tile_size=tile,
+                              tile_overlap=overlap, latent_channels=model.M, hyper_channels=model.N)
+    return bitstream.pack(bitstream.Container(header, tuple(tiles), tuple(sections)))
+
+
+@dataclass
+class Decoded:
+    """Result of :func:`decompress_array`: ``rgb`` ``(H, W, 3)`` uint8 and the container."""
+    rgb: np.ndarray
+    header: "bitstream.Header"
+    sections: tuple = field(default_factory=tuple)
+
+
+def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
+    """Decode ``.vae`` bytes. Raises :class:`vaecodec.bitstream.BitstreamError` for a damaged,
+    foreign or newer file, :class:`CodecError` when it does not fit the model."""
+    from .entropy import EntropyCodingError
+    model = model or get_model(encoder=False)
+    container = bitstream.unpack(data, expected_fingerprint=model.coding.fingerprint)
+    hd = container.header
+    if (hd.latent_channels, hd.hyper_channels) != (model.M, model.N):
+        raise CodecError("file's latent channels do not match the model")
+    expected_tile = _geometry(hd.height, hd.width)
+    if (hd.tile_size, hd.tile_overlap) != expected_tile:
+        raise CodecError("file's tiling does not match its image size")
+    grid = tile_grid(hd.height, hd.width, hd.tile_size, hd.tile_overlap)
+    if len(grid) != len(container.tiles):
+        raise CodecError(f"file has {len(container.tiles)} tiles, its image size needs {len(grid)}")
+    quality = hd.quality_milli / 1000
+    single = len(grid) == 1
+    out = np.zeros((hd.height, hd.width, 3), dtype=np.float32)
+    weight = None if single else np.zeros((hd.height, hd.width, 1), dtype=np.float32)
+    for (top, left, h, w), t in zip(grid, container.tiles):
+        ph, pw = h + (-h) % STRIDE, w + (-w) % STRIDE
+        if t.y_shape != (ph // 16, pw // 16) or t.z_shape != (ph // 64, pw // 64):
+            raise CodecError("a tile's latent shape does not match its size")
+        streams = {"z_shape": t.z_shape, "y_shape": t.y_shape, "z_stream": t.z_stream,
+                   "y_stream": t.y_stream, "escapes": t.escapes}
+        try:
+            x_hat = model.decompress(streams, quality)
+        except EntropyCodingError as exc:
+            raise CodecError(f"file is damaged: {exc}") from None
+        rec = x_hat[0, :, :h, :w].permute(1, 2, 0).numpy()
+        if single:
+            out[:] = rec
+        else:
+            wy = _ramp(h, hd.tile_overlap if top else 0, hd.tile_overlap if top + h < hd.height else 0)
+            wx = _ramp(w, hd.tile_overlap if left else 0, hd.tile_overlap if left + w < hd.width else 0)
+            wgt = (wy[:, None] * wx[None, :])[:, :, None]
+            out[top:top + h, left:left + w] += rec * wgt
+            weight[top:top + h, left:left + w] += wgt
+        if progress:
+            progress(1)
+    if weight is not None:
+        out /= weight
+    rgb = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    return Decoded(rgb, hd, container.sections)
+
+
+def encode(image, quality: float = 4.0, weights_dir: str | None = None) -> bytes:
+    """PIL image (RGB or L) -> ``.vae`` bytes at ``quality`` (1-8). Convenience for benchmarks."""
+    mode = "L" if image.mode == "L" else "RGB"
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return compress_array(rgb, quality, mode=mode, model=get_model(weights_dir))
+
+
+def decode(data: bytes, weights_dir: str | None = None):
+    """``.vae`` bytes -> PIL image in the mode the file records (RGB or L)."""
+    from PIL import Image
+    d = decompress_array(data, model=get_model(weights_dir, encoder=False))
+    image = Image.fromarray(d.rgb, "RGB")
+    return image.convert("L") if d.header.mode == "L" else image

@@ -1,0 +1,106 @@
+"""Exact fixed-point hyper-synthesis: the same entropy parameters on every machine.
+
+Why: the decoder must reproduce the encoder's probability model bit for bit. A float network can
+differ by one ulp between CPUs, thread counts, BLAS or GPU kernels; one ulp can move a scale across
+a table boundary and derail the rest of the entropy decode (the failure described by Ballé,
+Johnston & Minnen 2019, "Integer networks for data compression with latent-variable models").
+
+How: after training, every layer of ``h_s`` (convolutions and ReLU only) is converted to integers:
+weights ``round(w * 2**wb)`` with ``|w_int| <= 2**13``, biases at the accumulator's scale, and
+activations kept with ``ACT_BITS`` fractional bits, clamped to ``[0, 2**24]``. Each layer computes
+``acc = conv(x_int, w_int) + b_int`` and ``x_next = min(floor(max(acc, 0) / 2**shift), 2**24)``.
+
+Every operand is an integer and every product and partial sum stays below ``2**53`` in magnitude
+(inputs ``<= 2**24``, weights ``<= 2**13``, fan-in ``<= 2**13``), so evaluating the convolutions
+in float64 is *exact*, whatever the summation order, blocking, FMA use or thread count: the result
+is the unique mathematical integer. Division by a power of two and ``floor`` are exact too.
+The convolutions run on the CPU in float64 (PyTorch has no Winograd/FFT path for float64).
+
+Outputs: the mean of ``y`` is ``acc / 2**frac`` (an exact float64, then float32), and the scale
+index is the number of integer thresholds ``<= acc`` of the log-scale channel, i.e. the log-scale
+snapped to the nearest entry of the scale table, decided by integer comparisons alone.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACT_BITS = 12          # fractional bits of hidden activations
+ACT_MAX = 2 ** 24      # activation clamp (value 4096.0)
+WEIGHT_MAX_BITS = 13   # |w_int| <= 2**13
+Z_MAX = 2 ** 12        # |z_hat| clamp at the network input
+
+
+def _layers(h_s: nn.Sequential) -> list[nn.Module]:
+    return [m for m in h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def quantize_hyper_synthesis(h_s: nn.Sequential, log_scales: np.ndarray) -> dict[str, torch.Tensor]:
+    """Integer tensors of ``h_s`` for :class:`IntegerHyperSynthesis` (stored with the weights).
+
+    ``log_scales``: natural logs of the scale table ``(L,)``. Returns weights (int32), biases and
+    thresholds (int64), and per-layer ``shift`` and ``frac`` bits (int64).
+    """
+    out: dict[str, torch.Tensor] = {}
+    frac_in = 0  # z_hat is an integer
+    layers = _layers(h_s)
+    shifts, fracs = [], []
+    for i, layer in enumerate(layers):
+        w = layer.weight.detach().double()
+        wb = WEIGHT_MAX_BITS - math.ceil(math.log2(float(w.abs().max()) + 1e-30))
+        out[f"layer{i}.weight"] = torch.round(w * 2.0**wb).to(torch.int32)
+        acc_frac = frac_in + wb
+        out[f"layer{i}.bias"] = torch.round(layer.bias.detach().double() * 2.0**acc_frac).to(torch.int64)
+        fracs.append(acc_frac)
+        if i < len(layers) - 1:
+            if acc_frac < ACT_BITS:
+                raise ValueError("h_s weights too large for the fixed-point format")
+            shifts.append(acc_frac - ACT_BITS)
+            frac_in = ACT_BITS
+        else:
+            shifts.append(0)
+    mid = (log_scales[1:] + log_scales[:-1]) / 2
+    out["scale_thresholds"] = torch.from_numpy(np.round(mid * 2.0 ** fracs[-1])).to(torch.int64)
+    out["shift"] = torch.tensor(shifts, dtype=torch.int64)
+    out["frac"] = torch.tensor(fracs, dtype=torch.int64)
+    kinds = [1 if isinstance(m, nn.ConvTranspose2d) else 0 for m in layers]
+    out["transposed"] = torch.tensor(kinds, dtype=torch.int64)
+    out["stride"] = torch.tensor([m.stride[0] for m in layers], dtype=torch.int64)
+    return out
+
+
+class IntegerHyperSynthesis:
+    """Evaluates the quantised ``h_s`` exactly. Built from :func:`quantize_hyper_synthesis`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        n = len(tensors["shift"])
+        self.weights = [tensors[f"layer{i}.weight"].double() for i in range(n)]
+        self.biases = [tensors[f"layer{i}.bias"].double() for i in range(n)]
+        self.shift = [int(s) for s in tensors["shift"]]
+        self.frac = [int(f) for f in tensors["frac"]]
+        self.transposed = [bool(t) for t in tensors["transposed"]]
+        self.stride = [int(s) for s in tensors["stride"]]
+        self.thresholds = tensors["scale_thresholds"].double()
+
+    def __call__(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_hat`` ``(B, N, h, w)`` integers -> mean ``(B, M, 4h, 4w)`` float32 and scale
+        index ``(B, M, 4h, 4w)`` int64 in ``[0, len(scale table) - 1]``."""
+        x = z_hat.detach().to("cpu", torch.float64).round().clamp(-Z_MAX, Z_MAX)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            k = w.shape[-1]
+            if self.transposed[i]:
+                s = self.stride[i]
+                x = F.conv_transpose2d(x, w, b, stride=s, padding=k // 2, output_padding=s - 1)
+            else:
+                x = F.conv2d(x, w, b, stride=self.stride[i], padding=k // 2)
+            if i < last:
+                x = torch.floor(x.clamp_min(0) * 2.0 ** -self.shift[i]).clamp_max(ACT_MAX)
+        mean_acc, scale_acc = x.chunk(2, dim=1)
+        mean = (mean_acc * 2.0 ** -self.frac[last]).float()
+        index = torch.bucketize(scale_acc, self.thresholds, right=True)
+        return mean, index

@@ -1,0 +1,307 @@
+"""Training loop: rate + λ·distortion with variable-rate gain units, resumable, time-boxed.
+
+Loss per sample (Ballé et al. 2018; Cui et al. 2021 for the per-level λ):
+``bpp(y~, z~) + λ_q · 255² · MSE(x, x_hat)`` where ``bpp = -log2 p / (H·W)`` of the noisy
+latents and ``q`` is a quality level drawn uniformly per sample.
+
+Runs on CPU (optionally bf16 autocast), CUDA, or several processes under ``torchrun`` (DDP,
+gloo on CPU, NCCL on CUDA). Checkpoints are safetensors files holding the model, the Adam state
+and the step counter; ``--resume`` continues from the newest one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from .entropy import bits, gaussian_likelihood, SCALE_MIN
+from .model import MeanScaleHyperprior
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``vaecodec train`` (see ``vaecodec train --help``)."""
+    data: str
+    out: str = "runs/train"
+    N: int = 128
+    M: int = 192
+    crop: int = 128
+    batch: int = 16
+    lr: float = 5e-4
+    warmup: int = 200
+    minutes: float = 60.0
+    max_steps: int = 0
+    decay_fraction: float = 0.15
+    precision: str = "bf16"
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    val_every: int = 500
+    resume: bool = False
+    init: str = ""
+    threads: int = 0
+
+
+# ------------------------------------------------------------------------------------- data
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted. Raises ``FileNotFoundError`` if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"training folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}")
+    return files
+
+
+def split_validation(files: list[Path], every: int = 40) -> tuple[list[Path], list[Path]]:
+    """Deterministic train/validation split of the training folder (every 40th file, sorted)."""
+    val = files[::every]
+    train = [f for i, f in enumerate(files) if i % every]
+    return train, val
+
+
+def load_uint8(files: list[Path], min_side: int) -> list[torch.Tensor]:
+    """Decode images once to ``(3, H, W)`` uint8 tensors; images smaller than ``min_side`` skipped."""
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if min(arr.shape[:2]) >= min_side:
+            images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
+    return images
+
+
+def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
+    """Random crops with random horizontal/vertical flips, ``(batch, 3, crop, crop)`` in [0, 1]."""
+    out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8)
+    for i in range(batch):
+        im = images[rng.randrange(len(images))]
+        top = rng.randrange(im.shape[1] - crop + 1)
+        left = rng.randrange(im.shape[2] - crop + 1)
+        c = im[:, top:top + crop, left:left + crop]
+        if rng.random() < 0.5:
+            c = c.flip(2)
+        if rng.random() < 0.5:
+            c = c.flip(1)
+        out[i] = c
+    return out.float().div_(255.0)
+
+
+# ------------------------------------------------------------------------------------- loss
+def rd_loss(model: MeanScaleHyperprior, x: torch.Tensor, level: torch.Tensor, autocast) -> dict:
+    """Mean over the batch of ``bpp + λ·255²·MSE``; also returns bpp, MSE and PSNR (dB)."""
+    with autocast:
+        out = model(x, level)
+    pixels = x.shape[2] * x.shape[3]
+    y_bits = -torch.log2(out.y_likelihoods).flatten(1).sum(1)
+    z_bits = -torch.log2(out.z_likelihoods).flatten(1).sum(1)
+    bpp = (y_bits + z_bits) / pixels
+    mse = (out.x_hat.float() - x).pow(2).flatten(1).mean(1)
+    lmbda = model_lambdas(model)[level]
+    loss = (bpp + lmbda * 255.0**2 * mse).mean()
+    psnr = (10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))).mean()
+    return {"loss": loss, "bpp": bpp.mean().detach(), "mse": mse.mean().detach(), "psnr": psnr}
+
+
+def model_lambdas(model) -> torch.Tensor:
+    return (model.module if hasattr(model, "module") else model).lambdas
+
+
+@torch.no_grad()
+def validate(model: MeanScaleHyperprior, images: list[torch.Tensor], crop: int = 256) -> dict:
+    """Rate (bpp of the rounded latents under the entropy model) and PSNR on centre crops.
+
+    Evaluated at qualities 1, 4 and 8 with deterministic rounding, as the coder would see them.
+    """
+    model.eval()
+    results = {}
+    for q in (1, 4, 8):
+        gain, inv_gain = model.gains(q)
+        bpps, psnrs = [], []
+        for im in images:
+            t, l = (im.shape[1] - crop) // 2, (im.shape[2] - crop) // 2
+            x = im[None, :, t:t + crop, l:l + crop].float() / 255.0
+            y = model.g_a(x) * gain[:, None, None]
+            z_hat = torch.round(model.h_a(y))
+            mean, log_scale = model.entropy_parameters(z_hat)
+            scale = torch.exp(log_scale.clamp(max=6.0)).clamp_min(SCALE_MIN)
+            y_hat = torch.round(y - mean) + mean
+            rate = bits(gaussian_likelihood(y_hat - mean, scale)) + bits(model.prior.likelihood(z_hat))
+            x_hat = model.g_s(y_hat * inv_gain[:, None, None]).clamp(0, 1)
+            mse = torch.mean((torch.round(x_hat * 255) / 255 - x) ** 2)
+            bpps.append(float(rate) / crop**2)
+            psnrs.append(float(10 * torch.log10(1 / mse)))
+        results[f"q{q}"] = {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+    model.train()
+    return results
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig, extra: dict) -> None:
+    """Model, Adam moments and step in one safetensors file, written atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, p in enumerate(optimizer.param_groups[0]["params"]):
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"adam.{i}.{key}"] = state[key].detach().cpu().contiguous()
+    meta = {"step": str(step), "config": json.dumps(asdict(config)), "extra": json.dumps(extra)}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer=None) -> int:
+    """Restore from :func:`save_checkpoint`; returns the step. Adam state only if given."""
+    from safetensors import safe_open
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    step = int(meta.get("step", 0))
+    if optimizer is not None:
+        for i, p in enumerate(optimizer.param_groups[0]["params"]):
+            if f"adam.{i}.exp_avg" in tensors:
+                optimizer.state[p] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": tensors[f"adam.{i}.exp_avg"].to(p.device),
+                    "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].to(p.device)}
+    return step
+
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float:
+    """Linear warm-up over ``warmup`` steps, constant, cosine decay to 2% over the final
+    ``decay_fraction`` of the time (or step) budget."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    start = 1.0 - cfg.decay_fraction
+    if elapsed_fraction > start:
+        t = min(1.0, (elapsed_fraction - start) / max(1e-9, cfg.decay_fraction))
+        lr *= 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    return lr
+
+
+# ------------------------------------------------------------------------------------- loop
+def train(cfg: TrainConfig) -> Path:
+    """Train until ``cfg.minutes`` or ``cfg.max_steps``; returns the final checkpoint path."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+        rank = dist.get_rank()
+        if cfg.device.startswith("cuda"):
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+    rng = random.Random(cfg.seed * 1000 + rank)
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_files, val_files = split_validation(list_images(cfg.data))
+    t0 = time.time()
+    images = load_uint8(train_files, cfg.crop)
+    val_images = load_uint8(val_files, 256)
+    if rank == 0:
+        print(f"loaded {len(images)} training and {len(val_images)} validation images "
+              f"in {time.time() - t0:.0f}s", flush=True)
+
+    model = MeanScaleHyperprior(cfg.N, cfg.M).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step = 0
+    ckpt = out / "checkpoint.safetensors"
+    if cfg.resume and ckpt.exists():
+        step = load_checkpoint(ckpt, model, optimizer)
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step}", flush=True)
+    elif cfg.init:
+        load_checkpoint(Path(cfg.init), model)
+    ddp_model = model
+    if distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    if cfg.precision == "bf16":
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = nullcontext()
+
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.max_steps or None, initial=0, unit="step", dynamic_ncols=True,
+                   mininterval=5.0)
+    start, last_ckpt, first_step = time.time(), time.time(), step
+    budget = cfg.minutes * 60
+    ema = None
+    while True:
+        elapsed = time.time() - start
+        frac = elapsed / budget if budget > 0 else 0.0
+        if cfg.max_steps:
+            frac = max(frac, (step - first_step) / cfg.max_steps)
+        stop = frac >= 1.0
+        if distributed:
+            flag = torch.tensor([1.0 if stop else 0.0])
+            dist.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        if stop:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, frac)
+        x = random_batch(images, cfg.batch, cfg.crop, rng).to(device)
+        level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)
+        m = rd_loss(ddp_model, x, level, autocast)
+        optimizer.zero_grad(set_to_none=True)
+        m["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if torch.isfinite(grad_norm):   # skip the rare non-finite step instead of poisoning Adam
+            optimizer.step()
+        step += 1
+        vals = {k: float(v.detach()) for k, v in m.items()}
+        ema = vals if ema is None else {k: 0.98 * ema[k] + 0.02 * vals[k] for k in vals}
+        if rank == 0:
+            sps = (step - first_step) * cfg.batch / max(1e-9, time.time() - start)
+            bar.update(1)
+            bar.set_postfix(bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
+                            loss=f"{ema['loss']:.3f}", sps=f"{sps:.1f}", refresh=False)
+            record = {"step": step, "time": round(time.time() - start, 1),
+                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(sps, 2), **vals}
+            if step % cfg.val_every == 0 and val_images:
+                record["val"] = validate(model, val_images)
+                bar.write(f"step {step} validation: {json.dumps(record['val'])}")
+            log.write(json.dumps(record) + "\n")
+            if step % 20 == 0:
+                log.flush()
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+                save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+                last_ckpt = time.time()
+    if rank == 0:
+        bar.close()
+        save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+        log.close()
+        print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
+    if distributed:
+        dist.destroy_process_group()
+    return ckpt
+
+
+def checkpoint_config(path: Path) -> dict:
+    """The TrainConfig a checkpoint was written with, as a dict ({} if absent)."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta.get("config", "{}"))

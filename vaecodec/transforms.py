@@ -1,0 +1,82 @@
+"""Analysis, synthesis and hyper transforms of the mean-scale hyperprior.
+
+Architecture of Minnen, Ballé & Toderici 2018, "Joint Autoregressive and Hierarchical Priors for
+Learned Image Compression" (the mean-scale hyperprior, without the context model), built on the
+scale hyperprior of Ballé, Minnen, Singh, Hwang & Johnston 2018, "Variational image compression
+with a scale hyperprior". GDN is from Ballé, Laparra & Simoncelli 2016, "Density modeling of
+images using a generalized normalization transformation".
+
+Shapes (N filters, M latent channels, image ``(B, 3, H, W)`` with H, W multiples of 64):
+
+- analysis ``g_a``:        ``(B, 3, H, W)``       -> ``y`` ``(B, M, H/16, W/16)``
+- synthesis ``g_s``:       ``(B, M, H/16, W/16)`` -> ``x_hat`` ``(B, 3, H, W)``
+- hyper-analysis ``h_a``:  ``(B, M, H/16, W/16)`` -> ``z`` ``(B, N, H/64, W/64)``
+- hyper-synthesis ``h_s``: ``(B, N, H/64, W/64)`` -> ``(B, 2M, H/16, W/16)`` (mean, scale parameter)
+
+The hyper-synthesis uses only convolutions and ReLU so that it can be evaluated exactly in
+integer arithmetic at coding time (see :mod:`vaecodec.integer`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé et al. 2016), or its inverse (IGDN).
+
+    ``y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)`` (GDN) or ``x_i * sqrt(...)`` (IGDN).
+    ``beta`` and ``gamma`` are kept non-negative by a square reparameterisation.
+    Input and output shape ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = inverse
+        self.beta_sqrt = nn.Parameter(torch.ones(channels))
+        self.gamma_sqrt = nn.Parameter(torch.eye(channels) * gamma_init**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta_sqrt**2 + 1e-6
+        gamma = self.gamma_sqrt**2
+        norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    """'Same'-padded convolution that downsamples by ``stride``."""
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    """Transposed convolution that upsamples by exactly ``stride``."""
+    return nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2,
+                              output_padding=stride - 1)
+
+
+def analysis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_a``: four 5x5 stride-2 convolutions with GDN; ``(B,3,H,W)`` -> ``(B,M,H/16,W/16)``."""
+    return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+
+
+def synthesis_transform(N: int, M: int) -> nn.Sequential:
+    """``g_s``: four 5x5 stride-2 transposed convolutions with IGDN; mirror of ``g_a``."""
+    return nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+                         deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+
+
+def hyper_analysis_transform(N: int, M: int) -> nn.Sequential:
+    """``h_a``: ``(B,M,h,w)`` -> ``z`` ``(B,N,h/4,w/4)`` (Minnen et al. 2018, no absolute value)."""
+    return nn.Sequential(conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N),
+                         nn.LeakyReLU(inplace=True), conv(N, N))
+
+
+def hyper_synthesis_transform(N: int, M: int) -> nn.Sequential:
+    """``h_s``: ``z_hat`` ``(B,N,h/4,w/4)`` -> ``(B,2M,h,w)``: per-latent mean and scale parameter.
+
+    Convolutions and ReLU only, so that :func:`vaecodec.integer.IntegerHyperSynthesis.from_float`
+    can turn it into an exact fixed-point network.
+    """
+    return nn.Sequential(deconv(N, M), nn.ReLU(inplace=True), deconv(M, M * 3 // 2),
+                         nn.ReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))

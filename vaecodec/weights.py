@@ -1,0 +1,158 @@
+"""Trained weights on disk: export (with freshly built entropy tables) and loading.
+
+Two safetensors files (never pickle), each under 16 MiB:
+
+- ``synthesis.safetensors``: everything the *decoder* needs, and so what defines decodability:
+  the synthesis transform ``g_s``, the gains, the integer hyper-synthesis
+  (:mod:`vaecodec.integer`), the probability tables of ``z`` (per channel, from the learned prior)
+  and of ``y`` (per entry of the scale table). Its SHA-256 over names, dtypes, shapes and bytes
+  gives the 8-byte *fingerprint* written into every ``.vae`` file.
+- ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
+
+Tables are rebuilt from the final parameters at every export and never recomputed at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .entropy import Tables, factorized_tables, gaussian_tables, scale_table
+from .integer import IntegerHyperSynthesis, quantize_hyper_synthesis
+from .model import MeanScaleHyperprior
+
+WEIGHTS_FORMAT = "vaecodec-weights-1"
+ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
+MAX_FILE_BYTES = 16 * 2**20
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, incomplete or from an incompatible version."""
+
+
+@dataclass
+class CodingModels:
+    """What entropy coding needs besides the float transforms (all exact / integer)."""
+    h_s: IntegerHyperSynthesis
+    z_tables: Tables
+    y_tables: Tables
+    fingerprint: bytes
+
+
+def fingerprint(tensors: dict[str, torch.Tensor]) -> bytes:
+    """First 8 bytes of SHA-256 over sorted names, dtypes, shapes and raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.digest()[:8]
+
+
+def default_weights_dir() -> Path:
+    """``$VAECODEC_WEIGHTS``, else the weights shipped in the package, else ``<repo>/weights``."""
+    env = os.environ.get("VAECODEC_WEIGHTS")
+    if env:
+        return Path(env)
+    try:
+        from importlib.resources import files
+        packaged = Path(str(files("vaecodec.weights")))
+        if (packaged / SYNTHESIS_FILE).exists():
+            return packaged
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+@torch.no_grad()
+def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> bytes:
+    """Write both weight files for ``model`` into ``out_dir``; returns the fingerprint.
+
+    Builds the z tables from the prior's current parameters and the y tables from the scale
+    table; raises :class:`WeightsError` if a table came out empty or a file exceeds 16 MiB.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval().cpu()
+    state = model.state_dict()
+    scales = scale_table()
+    z_tables = factorized_tables(model.prior)
+    y_tables = gaussian_tables(scales)
+    for name, tab in (("z", z_tables), ("y", y_tables)):
+        if len(tab["lengths"]) == 0 or tab["lengths"].min() < 2:
+            raise WeightsError(f"refusing to export: empty {name} probability table")
+    synthesis = {k: v.contiguous() for k, v in state.items()
+                 if k.startswith("g_s.") or k in ("log_gain", "log_inv_gain", "lambdas")}
+    for k, v in quantize_hyper_synthesis(model.h_s, np.log(scales)).items():
+        synthesis[f"h_s_int.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+    for name, tab in (("z", z_tables), ("y", y_tables)):
+        for part, arr in tab.items():
+            synthesis[f"tables.{name}.{part}"] = torch.from_numpy(
+                arr.astype(np.int32 if part == "freqs" else np.int64))
+    synthesis["scale_table"] = torch.from_numpy(scales)
+    analysis = {k: v.contiguous() for k, v in state.items()
+                if k.startswith("g_a.") or k.startswith("h_a.")}
+    fp = fingerprint(synthesis)
+    meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M),
+            "fingerprint": fp.hex(), "steps": str(steps)}
+    for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis)):
+        tmp = out_dir / (fname + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        if tmp.stat().st_size > MAX_FILE_BYTES:
+            tmp.unlink()
+            raise WeightsError(f"{fname} would exceed 16 MiB")
+        os.replace(tmp, out_dir / fname)
+    return fp
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.exists():
+        raise WeightsError(f"model weights not found: {path} (train or install weights first)")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
+    return tensors, meta
+
+
+def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanScaleHyperprior:
+    """Load an exported model ready for :meth:`MeanScaleHyperprior.compress`/``decompress``.
+
+    ``encoder=False`` skips the analysis file (decoding needs only the synthesis file).
+    The returned model has ``.coding`` (:class:`CodingModels`) and ``.steps`` set.
+    Raises :class:`WeightsError` when files are missing or inconsistent.
+    """
+    d = Path(weights_dir) if weights_dir else default_weights_dir()
+    synthesis, meta = _read(d / SYNTHESIS_FILE)
+    fp = fingerprint(synthesis)
+    if fp.hex() != meta.get("fingerprint"):
+        raise WeightsError(f"{d / SYNTHESIS_FILE} is damaged (fingerprint mismatch)")
+    model = MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=synthesis["lambdas"].tolist())
+    state = {k: v for k, v in synthesis.items()
+             if k.startswith("g_s.") or k in ("log_gain", "log_inv_gain", "lambdas")}
+    if encoder:
+        analysis, ameta = _read(d / ANALYSIS_FILE)
+        if ameta.get("fingerprint") != meta["fingerprint"]:
+            raise WeightsError(f"{d} holds analysis and synthesis weights of different exports")
+        state.update(analysis)
+    missing = [k for k in model.load_state_dict(state, strict=False).missing_keys
+               if k.startswith(("g_s.", "log_")) or (encoder and k.startswith(("g_a.", "h_a.")))]
+    if missing:
+        raise WeightsError(f"weights in {d} are incomplete (missing {missing[0]})")
+    hs = {k[len("h_s_int."):]: v.to(torch.int64) if v.dtype == torch.int16 else v
+          for k, v in synthesis.items() if k.startswith("h_s_int.")}
+
+    def tables(name: str) -> Tables:
+        return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
+
+    model.coding = CodingModels(IntegerHyperSynthesis(hs), tables("z"), tables("y"), fp)
+    model.steps = int(meta.get("steps", 0))
+    return model.eval()

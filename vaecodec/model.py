@@ -126,17 +126,16 @@ class MeanScaleHyperprior(nn.Module):
                 "z_stream": z_stream, "y_stream": y_stream, "escapes": z_esc + y_esc}
 
     @torch.no_grad()
-    def decompress(self, streams: dict, quality: float) -> torch.Tensor:
-        """Inverse of :meth:`compress`: streams -> ``x_hat`` ``(1, 3, 16*h_y, 16*w_y)`` in [0, 1].
-
-        Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent.
-        """
+    def decode_latents(self, streams: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entropy-decode the streams of :meth:`compress` to ``z_hat`` ``(1, N, h, w)`` and
+        ``y_hat`` ``(1, M, 4h, 4w)`` (gained domain). Everything here is exact integer or
+        table arithmetic, identical on every machine. Raises
+        :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent."""
         from .entropy import EntropyCodingError, EscapeReader, decode_indexed
         zh, zw = streams["z_shape"]
         yh, yw = streams["y_shape"]
         if (yh, yw) != (4 * zh, 4 * zw):
             raise EntropyCodingError(f"latent shapes {streams['y_shape']} and {streams['z_shape']} disagree")
-        _, inv_gain = self.gains(quality)
         escapes = EscapeReader(streams["escapes"])
         channel = np.broadcast_to(np.arange(self.N)[None, :, None, None], (1, self.N, zh, zw))
         z_hat = torch.from_numpy(decode_indexed(streams["z_stream"], channel, self.coding.z_tables, escapes))
@@ -144,4 +143,14 @@ class MeanScaleHyperprior(nn.Module):
         y_symbols = decode_indexed(streams["y_stream"], index.numpy(), self.coding.y_tables, escapes)
         escapes.finish()
         y_hat = torch.from_numpy(y_symbols).clamp(-2**20, 2**20).float() + mean
+        return z_hat, y_hat
+
+    @torch.no_grad()
+    def decompress(self, streams: dict, quality: float) -> torch.Tensor:
+        """Inverse of :meth:`compress`: streams -> ``x_hat`` ``(1, 3, 16*h_y, 16*w_y)`` in [0, 1].
+
+        Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent.
+        """
+        _, inv_gain = self.gains(quality)
+        _, y_hat = self.decode_latents(streams)
         return self.g_s(y_hat * inv_gain[:, None, None]).clamp_(0, 1)

@@ -105,6 +105,7 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis)):
         tmp = out_dir / (fname + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)
         if tmp.stat().st_size > MAX_FILE_BYTES:
             tmp.unlink()
             raise WeightsError(f"{fname} would exceed 16 MiB")

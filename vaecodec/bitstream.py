@@ -1,0 +1,454 @@
+"""The ``.vae`` file container, format version 1.
+
+A ``.vae`` file holds one image compressed by vaecodec: a fixed header (image size and mode,
+quality, tiling, latent geometry, and a fingerprint of the model weights that made it), optional
+side-data sections (ICC profile, alpha plane, EXIF), the entropy-coded latent streams of every
+tile, and a CRC-32 over all of it. The byte layout is specified in ``bitstream/SPEC.md``.
+
+This module only frames bytes; it knows nothing about how the streams were entropy coded. It uses
+the standard library only (no torch, no numpy), so ``vaecodec info`` and validation stay cheap.
+
+Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, the dataclasses :class:`Header`,
+:class:`TileStreams`, :class:`Section`, :class:`Container`, and :class:`BitstreamError`, raised
+for every file (or, in :func:`pack`, every input) that is refused, with a one-line message meant
+to be shown to the user as is.
+"""
+from __future__ import annotations
+
+import operator
+import struct
+import zlib
+from dataclasses import dataclass
+
+__all__ = [
+    "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
+    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS",
+    "BitstreamError", "Section", "TileStreams", "Header", "Container",
+    "pack", "unpack", "peek_header",
+]
+
+MAGIC = b"VAEC"
+VERSION = 1
+
+MAX_PIXELS = 1 << 30      # height * width above this is refused before anything is allocated
+MAX_SIDE = 1 << 17        # height or width above this is refused
+MAX_TILES = 1_000_000     # tile counts above this are refused
+QUALITY_MILLI_MIN, QUALITY_MILLI_MAX = 1000, 8000
+
+MODES = ("RGB", "L", "RGBA", "LA")          # mode code = index in this tuple
+_ALPHA_MODES = frozenset({"RGBA", "LA"})
+
+SECTION_ICC = 1       # ICC colour profile of the original image (raw profile bytes)
+SECTION_ALPHA = 2     # alpha plane, compressed by the codec (opaque bytes); RGBA / LA files only
+SECTION_EXIF = 3      # EXIF metadata (raw bytes); reserved, not written by vaecodec yet
+SECTION_KINDS = frozenset({SECTION_ICC, SECTION_ALPHA, SECTION_EXIF})
+
+_U16, _U32 = 0xFFFF, 0xFFFFFFFF
+
+# magic, version, flags, fingerprint, quality_milli, height, width, mode, tile_size, tile_overlap,
+# M, N, section count
+_HEADER = struct.Struct(">4sBB8sHIIBHHHHB")
+_SECTION = struct.Struct(">BI")          # kind, length
+_COUNT = struct.Struct(">I")             # tile count
+_TILE = struct.Struct(">HHHHIII")        # y h, y w, z h, z w, len(z), len(y), len(escapes)
+_CRC = struct.Struct(">I")
+
+#: Size in bytes of the smallest possible file (no sections, no tiles): 42.
+MIN_FILE_SIZE = _HEADER.size + _COUNT.size + _CRC.size
+
+
+class BitstreamError(ValueError):
+    """A ``.vae`` file (or a container given to :func:`pack`) is refused.
+
+    ``str(err)`` is a complete one-line message meant for the user, e.g.
+    ``"file is corrupted or truncated (checksum mismatch)"``; callers need not show a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class Section:
+    """Optional side data stored next to the image.
+
+    Attributes:
+        kind: what ``data`` is. 1 (:data:`SECTION_ICC`): the ICC colour profile of the original
+            image; 2 (:data:`SECTION_ALPHA`): the alpha plane, compressed by the codec (opaque
+            here), allowed only when the image mode is ``"RGBA"`` or ``"LA"``; 3
+            (:data:`SECTION_EXIF`): EXIF metadata (reserved). Other kinds are refused, and each
+            kind appears at most once per file.
+        data: the payload, 0 to 2**32 - 1 bytes.
+    """
+
+    kind: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TileStreams:
+    """The entropy-coded latents of one tile.
+
+    Attributes:
+        y_shape: ``(h, w)`` of the latent ``y`` of this tile, in latent elements, each 1..65535.
+        z_shape: ``(h, w)`` of the hyper-latent ``z`` of this tile, each 1..65535.
+        z_stream: entropy-coded ``z`` (opaque bytes, may be empty).
+        y_stream: entropy-coded ``y`` (opaque bytes, may be empty).
+        escapes: the escaped symbols of this tile (opaque bytes, may be empty).
+
+    Each byte string is at most 2**32 - 1 bytes. Whether the shapes match the image geometry is
+    for the codec to check; the container only stores them.
+    """
+
+    y_shape: tuple[int, int]
+    z_shape: tuple[int, int]
+    z_stream: bytes
+    y_stream: bytes
+    escapes: bytes
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed-size header of a ``.vae`` file.
+
+    Attributes:
+        fingerprint: exactly 8 bytes identifying the model weights that made the file; a
+            decoder refuses a file whose fingerprint differs from its weights'.
+        quality_milli: the quality the image was coded at, times 1000, rounded to an integer
+            (quality 4.5 -> 4500); 1000..8000.
+        height: original image height in pixels, 1..:data:`MAX_SIDE`.
+        width: original image width in pixels, 1..:data:`MAX_SIDE`; also
+            ``height * width <= MAX_PIXELS``.
+        mode: the original image mode, one of ``"RGB"``, ``"L"``, ``"RGBA"``, ``"LA"``.
+        tile_size: tile edge in pixels, a positive multiple of 64 up to 65472; 0 means a single
+            tile covering the whole image.
+        tile_overlap: overlap in pixels between neighbouring tiles, ``0 <= tile_overlap <
+            tile_size``; must be 0 when ``tile_size`` is 0.
+        latent_channels: M, the number of channels of ``y``, 1..65535 (e.g. 192).
+        hyper_channels: N, the number of channels of ``z``, 1..65535 (e.g. 128).
+    """
+
+    fingerprint: bytes
+    quality_milli: int
+    height: int
+    width: int
+    mode: str
+    tile_size: int
+    tile_overlap: int
+    latent_channels: int
+    hyper_channels: int
+
+
+@dataclass(frozen=True)
+class Container:
+    """Everything stored in one ``.vae`` file.
+
+    Attributes:
+        header: the :class:`Header`.
+        tiles: the tiles' streams, in the order the codec defines (row-major over the tile
+            grid); 0..:data:`MAX_TILES` of them. Whether their number matches the tile grid is
+            for the codec to check.
+        sections: optional side data, at most 255 sections, each kind at most once.
+    """
+
+    header: Header
+    tiles: tuple[TileStreams, ...]
+    sections: tuple[Section, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# validation shared by pack and unpack
+
+
+def _is_int(x) -> bool:
+    """True for ints and int-likes (numpy integers), False for bools, floats and the rest."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> str | None:
+    """An error message if ``value`` is not an int in ``lo..hi``, else None."""
+    if not _is_int(value):
+        return f"{name} must be an integer, got {value!r}"
+    if not lo <= operator.index(value) <= hi:
+        return f"{name} {value} is out of range {lo}..{hi}"
+    return None
+
+
+def _header_problem(h: Header) -> str | None:
+    """The first thing wrong with ``h`` (as a message), or None if it is valid."""
+    if not isinstance(h.fingerprint, (bytes, bytearray)) or len(h.fingerprint) != 8:
+        return f"fingerprint must be exactly 8 bytes, got {h.fingerprint!r}"
+    for problem in (
+        _int_in("image height", h.height, 1, MAX_SIDE),
+        _int_in("image width", h.width, 1, MAX_SIDE),
+    ):
+        if problem:
+            return problem
+    if operator.index(h.height) * operator.index(h.width) > MAX_PIXELS:
+        return (f"image size {h.width}x{h.height} exceeds the limit of {MAX_PIXELS} pixels")
+    if h.mode not in MODES:
+        return f"image mode {h.mode!r} is not one of {', '.join(MODES)}"
+    problem = _int_in("quality_milli", h.quality_milli, QUALITY_MILLI_MIN, QUALITY_MILLI_MAX)
+    if problem:
+        return problem
+    problem = _int_in("tile size", h.tile_size, 0, _U16)
+    if problem:
+        return problem
+    if h.tile_size % 64:
+        return f"tile size {h.tile_size} is not a multiple of 64"
+    problem = _int_in("tile overlap", h.tile_overlap, 0, _U16)
+    if problem:
+        return problem
+    if h.tile_size == 0 and h.tile_overlap != 0:
+        return f"tile overlap {h.tile_overlap} given without tiling (tile size 0)"
+    if h.tile_size and h.tile_overlap >= h.tile_size:
+        return f"tile overlap {h.tile_overlap} is not smaller than the tile size {h.tile_size}"
+    return (_int_in("latent channels (M)", h.latent_channels, 1, _U16)
+            or _int_in("hyper-latent channels (N)", h.hyper_channels, 1, _U16))
+
+
+def _sections_problem(sections, mode: str) -> str | None:
+    if len(sections) > 255:
+        return f"{len(sections)} sections, at most 255 are allowed"
+    seen = set()
+    for s in sections:
+        if not isinstance(s, Section):
+            return f"section {s!r} is not a Section"
+        if not _is_int(s.kind) or s.kind not in SECTION_KINDS:
+            return f"unknown section kind {s.kind!r}"
+        if s.kind in seen:
+            return f"section kind {s.kind} appears more than once"
+        seen.add(s.kind)
+        if s.kind == SECTION_ALPHA and mode not in _ALPHA_MODES:
+            return f"alpha section in a file of mode {mode} (only RGBA and LA have alpha)"
+        if not isinstance(s.data, (bytes, bytearray)):
+            return f"section {s.kind} data must be bytes"
+        if len(s.data) > _U32:
+            return f"section {s.kind} is larger than 4 GiB"
+    return None
+
+
+def _shape_problem(name: str, shape) -> str | None:
+    if not isinstance(shape, tuple) or len(shape) != 2:
+        return f"{name} must be a tuple (h, w), got {shape!r}"
+    return (_int_in(f"{name} height", shape[0], 1, _U16)
+            or _int_in(f"{name} width", shape[1], 1, _U16))
+
+
+def _tile_problem(i: int, t) -> str | None:
+    if not isinstance(t, TileStreams):
+        return f"tile {i} is not a TileStreams"
+    problem = _shape_problem(f"tile {i} y shape", t.y_shape) or _shape_problem(
+        f"tile {i} z shape", t.z_shape)
+    if problem:
+        return problem
+    for name in ("z_stream", "y_stream", "escapes"):
+        b = getattr(t, name)
+        if not isinstance(b, (bytes, bytearray)):
+            return f"tile {i} {name} must be bytes"
+        if len(b) > _U32:
+            return f"tile {i} {name} is larger than 4 GiB"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def pack(c: Container) -> bytes:
+    """Serialise ``c`` into the bytes of a ``.vae`` file (format :data:`VERSION`).
+
+    Every field is validated first, by the same rules :func:`unpack` applies, so
+    ``unpack(pack(c)) == c`` for every container ``pack`` accepts (byte strings come back as
+    ``bytes``, sequences as tuples).
+
+    Raises:
+        BitstreamError: (a ``ValueError``) a field is out of range or of the wrong type; the
+            message starts with ``"cannot write .vae file: "``.
+    """
+    def refuse(problem: str):
+        raise BitstreamError(f"cannot write .vae file: {problem}")
+
+    if not isinstance(c, Container) or not isinstance(c.header, Header):
+        refuse("expected a Container with a Header")
+    h = c.header
+    tiles, sections = tuple(c.tiles), tuple(c.sections)
+    problem = _header_problem(h) or _sections_problem(sections, h.mode)
+    if problem:
+        refuse(problem)
+    if len(tiles) > MAX_TILES:
+        refuse(f"{len(tiles)} tiles, at most {MAX_TILES} are allowed")
+    for i, t in enumerate(tiles):
+        problem = _tile_problem(i, t)
+        if problem:
+            refuse(problem)
+
+    out = bytearray(_HEADER.pack(
+        MAGIC, VERSION, 0, bytes(h.fingerprint), h.quality_milli, h.height, h.width,
+        MODES.index(h.mode), h.tile_size, h.tile_overlap, h.latent_channels, h.hyper_channels,
+        len(sections)))
+    for s in sections:
+        out += _SECTION.pack(s.kind, len(s.data))
+        out += s.data
+    out += _COUNT.pack(len(tiles))
+    for t in tiles:
+        out += _TILE.pack(*t.y_shape, *t.z_shape, len(t.z_stream), len(t.y_stream),
+                          len(t.escapes))
+        out += t.z_stream
+        out += t.y_stream
+        out += t.escapes
+    out += _CRC.pack(zlib.crc32(out) & _U32)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+class _Reader:
+    """Bounds-checked cursor over the CRC-covered part of a file."""
+
+    def __init__(self, view: memoryview, pos: int, end: int):
+        self.view, self.pos, self.end = view, pos, end
+
+    def take(self, n: int, what: str) -> memoryview:
+        left = self.end - self.pos
+        if n > left:
+            raise BitstreamError(
+                f"file is truncated or corrupted ({what}: needs {n} bytes at offset {self.pos}, "
+                f"only {left} left)")
+        chunk = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def read(self, st: struct.Struct, what: str) -> tuple:
+        return st.unpack(self.take(st.size, what))
+
+
+def _invalid(problem: str) -> BitstreamError:
+    return BitstreamError(f"file is invalid or corrupted: {problem}")
+
+
+def _check_envelope(data) -> memoryview:
+    """Size, magic, version and CRC checks, in that order. Returns a view of ``data``."""
+    view = memoryview(data).cast("B")  # TypeError for non-bytes-like input (a caller bug)
+    if len(view) < MIN_FILE_SIZE:
+        raise BitstreamError("file is truncated or not a .vae file")
+    if bytes(view[:4]) != MAGIC:
+        raise BitstreamError("not a vaecodec file (bad magic bytes)")
+    version = view[4]
+    if version > VERSION:
+        raise BitstreamError(
+            f"made by a newer vaecodec (format version {version}, this one reads up to "
+            f"{VERSION}); upgrade vaecodec")
+    if version < 1:
+        raise BitstreamError(f"not a valid .vae file (format version {version} does not exist)")
+    (stored,) = _CRC.unpack(view[-4:])
+    if zlib.crc32(view[:-4]) & _U32 != stored:
+        raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
+    return view
+
+
+def _parse_header(view: memoryview) -> tuple[Header, int, int]:
+    """Parse and validate the fixed header. Returns (header, section count, offset after it)."""
+    (_magic, _version, flags, fingerprint, quality_milli, height, width, mode_code, tile_size,
+     tile_overlap, m, n, n_sections) = _HEADER.unpack(view[:_HEADER.size])
+    if flags:
+        raise BitstreamError(
+            f"file uses format features this vaecodec does not know (flags 0x{flags:02x}); "
+            f"upgrade vaecodec")
+    if mode_code >= len(MODES):
+        raise _invalid(f"unknown image mode code {mode_code}")
+    header = Header(fingerprint=fingerprint, quality_milli=quality_milli, height=height,
+                    width=width, mode=MODES[mode_code], tile_size=tile_size,
+                    tile_overlap=tile_overlap, latent_channels=m, hyper_channels=n)
+    problem = _header_problem(header)
+    if problem:
+        raise _invalid(problem)
+    return header, n_sections, _HEADER.size
+
+
+def peek_header(data: bytes) -> Header:
+    """Read only the header of a ``.vae`` file, e.g. for ``vaecodec info``.
+
+    Applies the same checks as :func:`unpack` up to and including the header fields (size,
+    magic, version, CRC over the whole file, flags, field ranges), but does not walk the
+    sections and tiles, so a file it accepts may still be refused by :func:`unpack` (only if it
+    was written wrongly with a valid CRC; corruption is caught by the CRC).
+
+    Raises:
+        BitstreamError: the file is refused; ``str(err)`` is a one-line user-facing message.
+        TypeError: ``data`` is not bytes-like.
+    """
+    header, _, _ = _parse_header(_check_envelope(data))
+    return header
+
+
+def unpack(data: bytes, expected_fingerprint: bytes | None = None) -> Container:
+    """Parse and validate the bytes of a ``.vae`` file.
+
+    Checks, in this order (see ``bitstream/SPEC.md``): minimum size, magic bytes, format
+    version, CRC-32, reserved flags, header fields, ``expected_fingerprint``, then sections and
+    tiles with every length bounds-checked, and finally that nothing is left before the CRC.
+
+    Args:
+        data: the whole file (bytes, bytearray or memoryview).
+        expected_fingerprint: the 8-byte fingerprint of the weights that will decode the file;
+            if given, a file made with other weights is refused. None skips the check.
+
+    Returns:
+        The :class:`Container`; all byte strings in it are ``bytes`` and all sequences tuples.
+
+    Raises:
+        BitstreamError: the file is refused; ``str(err)`` is a one-line user-facing message
+            (truncated, not a vaecodec file, newer format version, checksum mismatch, other
+            model weights, out-of-range or malformed fields, trailing bytes).
+        ValueError: ``expected_fingerprint`` is not 8 bytes (a caller bug, not a file problem).
+        TypeError: ``data`` is not bytes-like.
+    """
+    if expected_fingerprint is not None and (
+            not isinstance(expected_fingerprint, (bytes, bytearray))
+            or len(expected_fingerprint) != 8):
+        raise ValueError(f"expected_fingerprint must be 8 bytes, got {expected_fingerprint!r}")
+    view = _check_envelope(data)
+    header, n_sections, pos = _parse_header(view)
+    if expected_fingerprint is not None and header.fingerprint != bytes(expected_fingerprint):
+        raise BitstreamError(
+            f"file was made with other model weights (fingerprint {header.fingerprint.hex()}, "
+            f"these weights are {bytes(expected_fingerprint).hex()})")
+
+    r = _Reader(view, pos, len(view) - _CRC.size)
+    sections = []
+    for i in range(n_sections):
+        kind, length = r.read(_SECTION, f"section {i} header")
+        sections.append(Section(kind=kind, data=bytes(r.take(length, f"section {i} data"))))
+    problem = _sections_problem(sections, header.mode)
+    if problem:
+        raise _invalid(problem)
+
+    (n_tiles,) = r.read(_COUNT, "tile count")
+    if n_tiles > MAX_TILES:
+        raise _invalid(f"{n_tiles} tiles, at most {MAX_TILES} are allowed")
+    if n_tiles * _TILE.size > r.end - r.pos:
+        raise BitstreamError(
+            f"file is truncated or corrupted ({n_tiles} tiles do not fit in the "
+            f"{r.end - r.pos} bytes left)")
+    tiles = []
+    for i in range(n_tiles):
+        yh, yw, zh, zw, len_z, len_y, len_e = r.read(_TILE, f"tile {i} header")
+        tile = TileStreams(
+            y_shape=(yh, yw), z_shape=(zh, zw),
+            z_stream=bytes(r.take(len_z, f"tile {i} z stream")),
+            y_stream=bytes(r.take(len_y, f"tile {i} y stream")),
+            escapes=bytes(r.take(len_e, f"tile {i} escapes")))
+        problem = _tile_problem(i, tile)
+        if problem:
+            raise _invalid(problem)
+        tiles.append(tile)
+
+    if r.pos != r.end:
+        raise _invalid(f"{r.end - r.pos} unexpected bytes after the last tile")
+    return Container(header=header, tiles=tuple(tiles), sections=tuple(sections))

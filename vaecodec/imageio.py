@@ -1,0 +1,930 @@
+"""Image input/output for the vaecodec command line tool.
+
+The codec itself only ever sees a ``(H, W, 3)`` ``uint8`` RGB array.  This
+module does everything around that:
+
+* :func:`read_image` opens any image Pillow can read, applies the EXIF
+  orientation, and reduces it to an RGB array plus an :class:`ImageMeta`
+  that records what is needed to give the user back an image of the same
+  kind (grey or colour, alpha plane, ICC profile) and one-line notices about
+  anything that was changed on the way (16-bit reduced to 8 bits, CMYK
+  converted, palette expanded, ...).
+* :func:`encode_alpha` / :func:`decode_alpha` store an alpha plane losslessly.
+* :func:`to_image` turns a decoded RGB array and the metadata back into a
+  :class:`PIL.Image.Image` of the original mode.
+* :func:`write_image` and :func:`atomic_write_bytes` write files atomically
+  (temporary file in the target directory + rename), never overwrite unless
+  asked to, and never leave partial files behind.
+* :func:`check_distinct` refuses to let the output clobber the input.
+
+Every user-facing failure is an :class:`ImageError` whose message is a single
+line that names the file concerned.
+
+Only the standard library, numpy and Pillow are used (no torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import re
+import stat
+import tempfile
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+__all__ = [
+    "ImageError",
+    "ImageMeta",
+    "MAX_PIXELS",
+    "MODES",
+    "WRITE_FORMATS",
+    "read_image",
+    "encode_alpha",
+    "decode_alpha",
+    "to_image",
+    "write_image",
+    "atomic_write_bytes",
+    "check_distinct",
+]
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+#: Largest image (in pixels, width * height) :func:`read_image` accepts by default.
+#: 2**30 pixels is 3 GiB as 8-bit RGB, already far beyond what the codec can
+#: handle comfortably; anything bigger is treated as a decompression bomb.
+MAX_PIXELS = 1 << 30
+
+#: The modes an :class:`ImageMeta` can ask :func:`to_image` to restore.
+MODES = ("RGB", "L", "RGBA", "LA")
+
+#: Output extensions accepted by :func:`write_image` and the Pillow format used.
+WRITE_FORMATS = {
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+}
+
+# Pillow plugins never used for reading: EPS runs Ghostscript on the input.
+_UNSAFE_READ_FORMATS = frozenset({"EPS"})
+
+# JPEG output settings (lossy; the user is told).
+_JPEG_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """A user-facing image I/O problem; ``str(err)`` is one line naming the file."""
+
+
+@dataclass
+class ImageMeta:
+    """What :func:`read_image` learnt about an image besides its RGB pixels.
+
+    Attributes:
+        mode: the mode :func:`to_image` restores, one of :data:`MODES`:
+            ``"RGB"``, ``"L"`` (grey), ``"RGBA"`` or ``"LA"`` (grey + alpha).
+        alpha: the alpha plane as produced by :func:`encode_alpha` (lossless),
+            or ``None`` when the image has no alpha.  Required for ``"RGBA"``
+            and ``"LA"``, must be ``None`` for ``"RGB"`` and ``"L"``.
+        icc_profile: raw ICC profile bytes to embed on output, or ``None``.
+            Only kept when it describes the restored colour space (an RGB
+            profile for RGB/RGBA, a grey one for L/LA).
+        notices: one-line, human-readable notes about lossy or surprising
+            conversions done while reading (e.g. ``"16-bit image coded at 8
+            bits"``).  Empty when the image was taken as is.
+    """
+
+    mode: str
+    alpha: bytes | None = None
+    icc_profile: bytes | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ImageError(
+                f"unsupported image mode {self.mode!r}; expected one of {', '.join(MODES)}"
+            )
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+
+def _name(path: PathLike) -> str:
+    """The path as it should appear in a (one-line) message."""
+    s = os.fsdecode(os.fspath(path))
+    if any(ord(c) < 32 or ord(c) == 127 for c in s):
+        return repr(s)
+    return s
+
+
+def _oneline(obj: object) -> str:
+    """``str(obj)`` with all whitespace runs (newlines included) collapsed."""
+    return " ".join(str(obj).split())
+
+
+_ERRNO_TEXT = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EISDIR: "it is a directory",
+    errno.ENOTDIR: "a parent of it is not a directory",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def _os_reason(err: OSError) -> str:
+    """A short lower-case reason for an OSError."""
+    if err.errno in _ERRNO_TEXT:
+        return _ERRNO_TEXT[err.errno]
+    return _oneline(err.strerror or err).lower() or "unknown error"
+
+
+def _icc_colour_space(icc: bytes) -> str | None:
+    """The data colour space signature of an ICC profile (``"RGB"``, ``"GRAY"``,
+    ``"CMYK"``, ``"Lab"``, ...) or ``None`` when it is not a valid profile header."""
+    if len(icc) < 128 or icc[36:40] != b"acsp":
+        return None
+    return icc[16:20].decode("latin-1").strip()
+
+
+def _icc_family(mode: str) -> str:
+    return "GRAY" if mode in ("L", "LA") else "RGB"
+
+
+# --------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------
+
+_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limits(max_pixels: int) -> Iterator[None]:
+    """Make Pillow's own decompression-bomb check use ``max_pixels``.
+
+    Pillow raises DecompressionBombError above ``2 * Image.MAX_IMAGE_PIXELS``
+    and warns above ``Image.MAX_IMAGE_PIXELS``; the global is swapped for the
+    duration of the read (under a lock) and the warning is silenced, so our
+    single cap applies to every check Pillow does internally (e.g. GIF frames).
+    """
+    with _LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(1, (max_pixels + 1) // 2)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _read_formats() -> list[str]:
+    Image.init()
+    return [f for f in Image.ID if f not in _UNSAFE_READ_FORMATS]
+
+
+def _tile_rawmode(im: Image.Image) -> str:
+    """The raw (on-disk) pixel layout Pillow will decode from, before load()."""
+    try:
+        args = im.tile[0].args if im.tile else None
+    except (AttributeError, IndexError, TypeError):
+        return ""
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else ""
+
+
+# "RGB;16B", "RGBA;16L", "LA;16B", ...: 16 bits per *channel* (unlike BMP's
+# "BGR;16", which is 16 bits per pixel).
+_SIXTEEN_BIT_RAWMODE = re.compile(r"^(RGB|RGBA|RGBX|LA|RGBa);16[BLN]?$")
+
+
+def _is_16bit_colour(im: Image.Image, rawmode: str) -> bool:
+    """Whether an 8-bit-per-channel Pillow image came from 16-bit samples."""
+    if _SIXTEEN_BIT_RAWMODE.match(rawmode):
+        return True
+    tags = getattr(im, "tag_v2", None)  # TIFF BitsPerSample
+    if tags is not None:
+        try:
+            bits = tags.get(258)
+            if isinstance(bits, int):
+                bits = (bits,)
+            if bits and max(int(b) for b in bits) > 8:
+                return True
+        except (TypeError, ValueError):
+            pass
+    return False
+
+
+def _scale16(values: np.ndarray) -> np.ndarray:
+    """16-bit samples (0..65535, any integer dtype) -> uint8 with rounding:
+    ``(v + 128) // 257`` == ``round(v * 255 / 65535)``."""
+    v = np.clip(values.astype(np.int64), 0, 65535)
+    return ((v + 128) // 257).astype(np.uint8)
+
+
+def _colour_key_alpha(
+    values: np.ndarray, key: object, shift: int = 0
+) -> np.ndarray | None:
+    """Alpha plane (0 where ``values`` equals the colour key, 255 elsewhere) for a
+    tRNS-style single transparent colour, or None if ``key`` is not usable.
+
+    ``values`` is (H, W) for grey or (H, W, 3) for RGB; ``shift`` right-shifts a
+    16-bit key to compare it against values that Pillow already truncated to 8 bits.
+    """
+    try:
+        if values.ndim == 2:
+            k = int(key) >> shift  # type: ignore[call-overload]
+            mask = values == k
+        else:
+            k3 = np.array([int(c) >> shift for c in key], dtype=np.int64)  # type: ignore[union-attr]
+            if k3.shape != (values.shape[2],):
+                return None
+            mask = (values == k3).all(axis=2)
+    except (TypeError, ValueError):
+        return None
+    return np.where(mask, 0, 255).astype(np.uint8)
+
+
+def _convert_cmyk(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, str]:
+    """CMYK -> RGB, through the embedded ICC profile when there is a usable one."""
+    if icc is not None and _icc_colour_space(icc) == "CMYK":
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+            if out is not None and out.mode == "RGB":
+                return out, "CMYK image converted to sRGB using its ICC profile"
+        except Exception:  # noqa: BLE001 - any LittleCMS failure: fall back
+            pass
+    return im.convert("RGB"), "CMYK image converted to RGB"
+
+
+def _convert_lab(im: Image.Image) -> tuple[Image.Image, str]:
+    try:
+        from PIL import ImageCms
+
+        out = ImageCms.profileToProfile(
+            im, ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
+        if out is not None and out.mode == "RGB":
+            return out, "Lab image converted to sRGB"
+    except Exception as err:  # noqa: BLE001
+        raise ImageError(f"cannot convert the Lab image to RGB: {_oneline(err)}") from None
+    raise ImageError("cannot convert the Lab image to RGB")
+
+
+def _float_to_grey(values: np.ndarray) -> tuple[np.ndarray, str]:
+    v = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if v.size and v.min() >= 0.0 and v.max() <= 1.0:
+        return np.rint(v * 255.0).astype(np.uint8), (
+            "32-bit float image coded at 8 bits (values 0..1 scaled to 0..255)"
+        )
+    return np.rint(np.clip(v, 0.0, 255.0)).astype(np.uint8), (
+        "32-bit float image coded at 8 bits (values clipped to 0..255)"
+    )
+
+
+def _normalise(
+    im: Image.Image, icc: bytes | None, rawmode: str, notices: list[str]
+) -> tuple[np.ndarray, str, np.ndarray | None, bytes | None]:
+    """Reduce a loaded Pillow image to (grey (H, W) or RGB (H, W, 3) uint8,
+    restored mode, alpha (H, W) uint8 or None, icc profile or None)."""
+    mode = im.mode
+    key = im.info.get("transparency")
+    sixteen = _is_16bit_colour(im, rawmode)
+    sixteen_notice = "16-bit image coded at 8 bits"
+    key_notice = "transparent colour key converted to an alpha channel"
+
+    if mode in ("RGB", "RGBX"):
+        rgb = np.array(im.convert("RGB") if mode == "RGBX" else im)
+        if sixteen:
+            notices.append(sixteen_notice)
+        alpha = None
+        if key is not None:
+            alpha = _colour_key_alpha(rgb, key, shift=8 if sixteen else 0)
+            if alpha is not None:
+                notices.append(key_notice)
+        return rgb, ("RGB" if alpha is None else "RGBA"), alpha, icc
+
+    if mode in ("RGBA", "RGBa"):
+        arr = np.array(im.convert("RGBA") if mode == "RGBa" else im)
+        if sixteen:
+            notices.append(sixteen_notice)
+        if rawmode.startswith("LA"):
+            # Pillow opens 16-bit grey+alpha PNGs as RGBA (R == G == B).
+            return arr[..., 0].copy(), "LA", arr[..., 3].copy(), icc
+        return arr[..., :3].copy(), "RGBA", arr[..., 3].copy(), icc
+
+    if mode in ("L", "1"):
+        grey = np.array(im if mode == "L" else im.convert("L"))
+        alpha = None
+        if key is not None:
+            alpha = _colour_key_alpha(grey, key)
+            if alpha is not None:
+                notices.append(key_notice)
+        return grey, ("L" if alpha is None else "LA"), alpha, icc
+
+    if mode in ("LA", "La"):
+        arr = np.array(im if mode == "LA" else im.convert("LA"))
+        return arr[..., 0].copy(), "LA", arr[..., 1].copy(), icc
+
+    if mode.startswith("I;16"):
+        raw = np.array(im)
+        notices.append(sixteen_notice)
+        alpha = None
+        if key is not None:
+            alpha = _colour_key_alpha(raw, key)
+            if alpha is not None:
+                notices.append(key_notice)
+        return _scale16(raw), ("L" if alpha is None else "LA"), alpha, icc
+
+    if mode == "I":
+        raw = np.array(im)
+        notices.append("32-bit integer image coded at 8 bits (values 0..65535 scaled to 0..255)")
+        return _scale16(raw), "L", None, icc
+
+    if mode == "F":
+        grey, note = _float_to_grey(np.array(im))
+        notices.append(note)
+        return grey, "L", None, icc
+
+    if mode in ("P", "PA"):
+        transparent = mode == "PA" or im.has_transparency_data
+        arr = np.array(im.convert("RGBA" if transparent else "RGB"))
+        if transparent:
+            notices.append("palette image expanded to RGBA")
+            return arr[..., :3].copy(), "RGBA", arr[..., 3].copy(), icc
+        notices.append("palette image expanded to RGB")
+        return arr, "RGB", None, icc
+
+    if mode == "CMYK":
+        out, note = _convert_cmyk(im, icc)
+        notices.append(note)
+        return np.array(out), "RGB", None, None  # the ICC described CMYK
+
+    if mode == "LAB":
+        out, note = _convert_lab(im)
+        notices.append(note)
+        return np.array(out), "RGB", None, None
+
+    if mode in ("YCbCr", "HSV"):
+        notices.append(f"{mode} image converted to RGB")
+        return np.array(im.convert("RGB")), "RGB", None, (icc if mode == "YCbCr" else None)
+
+    # Anything else Pillow can convert (rare raw modes).
+    target = "RGBA" if im.has_transparency_data else "RGB"
+    try:
+        arr = np.array(im.convert(target))
+    except (ValueError, OSError) as err:
+        raise ImageError(f"unsupported image mode {mode} ({_oneline(err)})") from None
+    notices.append(f"{mode} image converted to {target}")
+    if target == "RGBA":
+        return arr[..., :3].copy(), "RGBA", arr[..., 3].copy(), icc
+    return arr, "RGB", None, icc
+
+
+def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Read an image file as the codec's RGB input.
+
+    Args:
+        path: the file to read (str, bytes or path-like).
+        max_pixels: refuse images with more than this many pixels (width *
+            height); defaults to :data:`MAX_PIXELS` (2**30).
+
+    Returns:
+        ``(rgb, meta)`` where ``rgb`` is a C-contiguous, writable ``(H, W, 3)``
+        ``uint8`` array in 0..255 (grey images have the grey value replicated in
+        all three channels) and ``meta`` is the :class:`ImageMeta` needed by
+        :func:`to_image` to restore the original mode (``"RGB"``, ``"L"``,
+        ``"RGBA"`` or ``"LA"``), alpha and ICC profile.  ``H`` and ``W`` are
+        the dimensions *after* applying the EXIF orientation.
+
+    Conversions (each reported in ``meta.notices`` where information changes):
+        16-bit grey -> 8 bits with rounding ``(v + 128) // 257``; 16-bit RGB(A)
+        -> 8 bits (Pillow itself keeps only the high byte of those); palette ->
+        RGB or RGBA; a tRNS colour key -> alpha plane; CMYK -> RGB (through its
+        ICC profile when possible; the CMYK profile is dropped); Lab/HSV/YCbCr
+        -> RGB; 32-bit integer (``I``) -> 0..65535 scaled to 8 bits; float
+        (``F``) -> 0..1 scaled or 0..255 clipped; multi-frame files -> first
+        frame only.  An ICC profile that does not describe the restored colour
+        space (RGB for RGB/RGBA, grey for L/LA) is dropped with a notice.
+
+    Raises:
+        ImageError: missing file, directory, non-regular or empty file,
+            unreadable file, not an image, zero-size image, too many pixels,
+            corrupt/truncated data, or an unsupported mode.  The message is one
+            line and names the file.
+    """
+    name = _name(path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"no such file: {name}") from None
+    except OSError as err:
+        raise ImageError(f"cannot read {name}: {_os_reason(err)}") from None
+    except ValueError:  # e.g. an embedded NUL byte
+        raise ImageError(f"invalid file name: {name}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{name} is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{name} is not a regular file")
+    if st.st_size == 0:
+        raise ImageError(f"{name} is empty")
+    if max_pixels < 1:
+        raise ValueError("max_pixels must be positive")
+
+    too_large = f"{name} is too large (more than {max_pixels} pixels); refusing to decode it"
+    with _pillow_limits(max_pixels):
+        try:
+            im = Image.open(path, formats=_read_formats())
+        except Image.DecompressionBombError:
+            raise ImageError(too_large) from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{name} is not an image Pillow can read") from None
+        except OSError as err:
+            raise ImageError(f"cannot read {name}: {_os_reason(err)}") from None
+        except Exception as err:  # noqa: BLE001 - plugin bugs on hostile input
+            raise ImageError(f"{name} is not an image Pillow can read ({_oneline(err)})") from None
+
+        with im:
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{name} has zero size ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name} is too large ({width}x{height} = {width * height} pixels, "
+                    f"limit {max_pixels}); refusing to decode it"
+                )
+            notices: list[str] = []
+            try:
+                n_frames = int(getattr(im, "n_frames", 1))
+            except Exception:  # noqa: BLE001 - counting frames parses the file
+                n_frames = 1
+            if n_frames > 1:
+                notices.append(f"multi-frame image ({n_frames} frames): only the first frame is coded")
+                with contextlib.suppress(Exception):
+                    im.seek(0)
+            rawmode = _tile_rawmode(im)
+            icc = im.info.get("icc_profile") or None
+            try:
+                im.load()
+            except Image.DecompressionBombError:
+                raise ImageError(too_large) from None
+            except MemoryError:
+                raise ImageError(f"not enough memory to read {name}") from None
+            except Exception as err:  # noqa: BLE001 - decoder errors of every kind
+                raise ImageError(f"{name} is corrupt or truncated ({_oneline(err)})") from None
+            # The ICC profile may live after the pixel data (PNG chunks).
+            icc = im.info.get("icc_profile") or icc
+
+            try:
+                ImageOps.exif_transpose(im, in_place=True)
+            except Exception:  # noqa: BLE001 - malformed EXIF must not stop us
+                notices.append("unreadable EXIF data ignored (orientation not applied)")
+
+            try:
+                pixels, mode, alpha, icc = _normalise(im, icc, rawmode, notices)
+            except ImageError as err:
+                raise ImageError(f"{name}: {err}") from None
+            except MemoryError:
+                raise ImageError(f"not enough memory to read {name}") from None
+
+    if icc is not None:
+        space = _icc_colour_space(icc)
+        if space is None:
+            notices.append("invalid ICC profile dropped")
+            icc = None
+        elif space != _icc_family(mode):
+            notices.append(f"ICC profile for {space} does not match the {mode} image; dropped")
+            icc = None
+
+    if pixels.ndim == 2:
+        rgb = np.repeat(pixels[:, :, None], 3, axis=2)
+    else:
+        rgb = np.ascontiguousarray(pixels, dtype=np.uint8)
+    meta = ImageMeta(
+        mode=mode,
+        alpha=None if alpha is None else encode_alpha(alpha),
+        icc_profile=icc,
+        notices=notices,
+    )
+    return rgb, meta
+
+
+# --------------------------------------------------------------------------
+# alpha plane codec
+# --------------------------------------------------------------------------
+#
+# Format: one method byte, then
+#   0 CONST: one byte, the value of every pixel
+#   1 RAW:   zlib stream of the plane, row-major
+#   2 SUB:   zlib stream of the plane with each row differenced left-to-right (mod 256)
+#   3 UP:    zlib stream of the plane with each row minus the row above (mod 256)
+# The encoder keeps whichever is smallest.  Dimensions are not stored; the
+# decoder is told them and checks the payload has exactly that many samples.
+
+_ALPHA_CONST, _ALPHA_RAW, _ALPHA_SUB, _ALPHA_UP = 0, 1, 2, 3
+
+
+def _check_plane(plane: object) -> np.ndarray:
+    if not isinstance(plane, np.ndarray):
+        raise ImageError(f"alpha plane must be a numpy array, not {type(plane).__name__}")
+    if plane.ndim != 2 or plane.dtype != np.uint8:
+        raise ImageError(
+            f"alpha plane must be a 2-D uint8 array, got shape {plane.shape} dtype {plane.dtype}"
+        )
+    if plane.size == 0:
+        raise ImageError("alpha plane is empty")
+    return np.ascontiguousarray(plane)
+
+
+def encode_alpha(plane: np.ndarray) -> bytes:
+    """Losslessly compress an alpha plane.
+
+    Args:
+        plane: ``(H, W)`` ``uint8`` array, values 0 (transparent) .. 255 (opaque).
+
+    Returns:
+        Compressed bytes for :func:`decode_alpha` (2 bytes for a constant plane).
+        ``H`` and ``W`` are *not* stored.
+
+    Raises:
+        ImageError: ``plane`` is not a non-empty 2-D uint8 array.
+    """
+    a = _check_plane(plane)
+    first = a.flat[0]
+    if (a == first).all():
+        return bytes((_ALPHA_CONST, int(first)))
+    sub = a.copy()
+    sub[:, 1:] -= a[:, :-1]
+    up = a.copy()
+    up[1:] -= a[:-1]
+    candidates = [
+        bytes((method,)) + zlib.compress(arr.tobytes(), 9)
+        for method, arr in ((_ALPHA_RAW, a), (_ALPHA_SUB, sub), (_ALPHA_UP, up))
+    ]
+    return min(candidates, key=len)
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ImageError(f"alpha plane {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def decode_alpha(data: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`encode_alpha`.
+
+    Args:
+        data: bytes from :func:`encode_alpha` (any bytes-like object).
+        height, width: the expected plane size (positive ints).
+
+    Returns:
+        A writable ``(height, width)`` ``uint8`` array, 0..255.
+
+    Raises:
+        ImageError: unknown method byte, corrupt zlib data, trailing bytes, or
+            a payload that does not hold exactly ``height * width`` samples.
+            Decompression stops at ``height * width + 1`` bytes, so a hostile
+            payload cannot inflate into a huge buffer.
+    """
+    try:
+        buf = bytes(memoryview(data))
+    except TypeError:
+        raise ImageError(f"alpha data must be bytes, not {type(data).__name__}") from None
+    h = _positive_int(height, "height")
+    w = _positive_int(width, "width")
+    n = h * w
+    if not buf:
+        raise ImageError("corrupt alpha data: empty")
+    method, payload = buf[0], buf[1:]
+    if method == _ALPHA_CONST:
+        if len(payload) != 1:
+            raise ImageError(f"corrupt alpha data: constant plane with {len(payload)} value bytes")
+        return np.full((h, w), payload[0], dtype=np.uint8)
+    if method not in (_ALPHA_RAW, _ALPHA_SUB, _ALPHA_UP):
+        raise ImageError(f"corrupt alpha data: unknown method {method}")
+
+    dec = zlib.decompressobj()
+    try:
+        out = dec.decompress(payload, n)
+        if len(out) == n and not dec.eof:
+            if dec.decompress(dec.unconsumed_tail, 1):
+                raise ImageError(f"alpha plane has more than {n} samples, expected {h}x{w} = {n}")
+    except zlib.error as err:
+        raise ImageError(f"corrupt alpha data: {_oneline(err)}") from None
+    if len(out) != n:
+        raise ImageError(f"alpha plane has {len(out)} samples, expected {h}x{w} = {n}")
+    if not dec.eof:
+        raise ImageError("corrupt alpha data: truncated stream")
+    if dec.unused_data:
+        raise ImageError(f"corrupt alpha data: {len(dec.unused_data)} trailing bytes")
+
+    a = np.frombuffer(out, dtype=np.uint8).reshape(h, w)
+    if method == _ALPHA_SUB:
+        a = np.cumsum(a, axis=1, dtype=np.uint8)  # wraps mod 256
+    elif method == _ALPHA_UP:
+        a = np.cumsum(a, axis=0, dtype=np.uint8)
+    else:
+        a = a.copy()
+    return a
+
+
+# --------------------------------------------------------------------------
+# back to an image
+# --------------------------------------------------------------------------
+
+
+def to_image(rgb: np.ndarray, meta: ImageMeta) -> Image.Image:
+    """Build the output image from the decoded RGB array and the metadata.
+
+    Args:
+        rgb: ``(H, W, 3)`` ``uint8`` array (0..255) as decoded by the codec.
+        meta: the :class:`ImageMeta` recorded by :func:`read_image`.
+
+    Returns:
+        A Pillow image of mode ``meta.mode``.  For ``"L"``/``"LA"`` the grey
+        value is the rounded mean of the three channels (the decoded RGB of a
+        grey image may differ slightly per channel); for ``"RGBA"``/``"LA"``
+        the alpha plane is decoded exactly.  ``meta.icc_profile``, if any, is
+        put in ``image.info["icc_profile"]``.
+
+    Raises:
+        ImageError: bad ``rgb`` shape/dtype, a missing or wrong-size alpha
+            plane, or an alpha plane given for a mode without alpha.
+    """
+    if not isinstance(meta, ImageMeta):
+        raise ImageError(f"meta must be an ImageMeta, not {type(meta).__name__}")
+    if meta.mode not in MODES:
+        raise ImageError(f"unsupported image mode {meta.mode!r}")
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        desc = f"shape {rgb.shape} dtype {rgb.dtype}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageError(f"decoded image must be an (H, W, 3) uint8 array, got {desc}")
+    h, w = rgb.shape[:2]
+    if h == 0 or w == 0:
+        raise ImageError(f"decoded image has zero size ({w}x{h})")
+
+    has_alpha = meta.mode in ("RGBA", "LA")
+    if has_alpha and meta.alpha is None:
+        raise ImageError(f"image mode {meta.mode} needs an alpha plane, but none was stored")
+    if not has_alpha and meta.alpha is not None:
+        raise ImageError(f"image mode {meta.mode} has no alpha, but an alpha plane was stored")
+
+    if meta.mode in ("L", "LA"):
+        total = rgb.astype(np.uint16).sum(axis=2)
+        colour = ((total + 1) // 3).astype(np.uint8)  # == round(total / 3); no ties possible
+    else:
+        colour = np.ascontiguousarray(rgb)
+
+    if has_alpha:
+        alpha = decode_alpha(meta.alpha, h, w)  # type: ignore[arg-type]
+        if colour.ndim == 2:
+            arr = np.stack([colour, alpha], axis=2)
+        else:
+            arr = np.concatenate([colour, alpha[:, :, None]], axis=2)
+    else:
+        arr = colour
+
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    if image.mode != meta.mode:  # pragma: no cover - fromarray inference guard
+        image = image.convert(meta.mode)
+    if meta.icc_profile:
+        image.info["icc_profile"] = meta.icc_profile
+    return image
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _resolve_target(path: PathLike, force: bool) -> tuple[str, str, str]:
+    """Check that ``path`` may be written; return (name, target path, directory).
+
+    A symlink is followed, so the file it points to is (re)written.
+    """
+    name = _name(path)
+    p = os.fsdecode(os.fspath(path))
+    if not p or p.endswith(("/", os.sep)) or "\0" in p:
+        raise ImageError(f"cannot write {name}: not a file name")
+    if os.path.isdir(p):
+        raise ImageError(f"cannot write {name}: it is a directory")
+    target = os.path.realpath(p) if os.path.islink(p) else os.path.abspath(p)
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise ImageError(f"cannot write {name}: {_name(parent)} is not a directory")
+        raise ImageError(f"cannot write {name}: directory {_name(parent)} does not exist")
+    if os.path.lexists(p) or os.path.lexists(target):
+        if not force:
+            raise ImageError(f"{name} exists; use --force to overwrite")
+        if os.path.exists(target) and not os.path.isfile(target):
+            raise ImageError(f"cannot overwrite {name}: not a regular file")
+    return name, target, parent
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory (flushed and
+    fsynced) which is then moved into place, so readers see either the old file
+    or the complete new one.  Without ``force`` the move is a hard link, which
+    fails if the name appeared meanwhile (no race with another writer); with
+    ``force`` it is ``os.replace``.  An overwritten file keeps its permission
+    bits; a new one gets ``0o666 & ~umask``.  A symlink is followed.
+
+    Raises:
+        ImageError: the path is a directory or ends in a separator, its
+            directory does not exist, it exists and ``force`` is false (``"X
+            exists; use --force to overwrite"``), or the OS refuses the write
+            (``"cannot write X: permission denied"``, ``"... no space left on
+            device"``, ...).  No temporary or partial file is left behind.
+    """
+    name, target, parent = _resolve_target(path, force)
+    try:
+        payload = memoryview(data)
+    except TypeError:
+        raise ImageError(f"cannot write {name}: data must be bytes, not {type(data).__name__}") from None
+
+    try:
+        perms = stat.S_IMODE(os.stat(target).st_mode) if force and os.path.exists(target) else None
+    except OSError:
+        perms = None
+    if perms is None:
+        perms = 0o666 & ~_umask()
+
+    base = os.path.basename(target)[:100]
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fchmod(f.fileno(), perms)
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, target)
+            tmp = None
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise ImageError(f"{name} exists; use --force to overwrite") from None
+            except OSError as err:
+                # File systems without hard links: check, then rename.
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
+                    raise
+                if os.path.lexists(target):
+                    raise ImageError(f"{name} exists; use --force to overwrite") from None
+                os.replace(tmp, target)
+                tmp = None
+    except ImageError:
+        raise
+    except OSError as err:
+        raise ImageError(f"cannot write {name}: {_os_reason(err)}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    # Make the rename durable (best effort).
+    with contextlib.suppress(OSError, AttributeError):
+        dfd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_image(
+    path: PathLike, image: Image.Image, icc_profile: bytes | None, force: bool = False
+) -> list[str]:
+    """Encode ``image`` in the format given by the extension of ``path`` and
+    write it atomically (see :func:`atomic_write_bytes`).
+
+    Formats: ``.png``, ``.tif``/``.tiff`` (deflate), ``.webp`` (lossless,
+    exact RGB under transparent pixels), ``.bmp`` and ``.jpg``/``.jpeg``
+    (lossy, quality 95, no chroma subsampling).  ``icc_profile`` (not
+    ``image.info``) decides the embedded profile; it is embedded for PNG,
+    TIFF, WebP and JPEG and dropped (with a notice) for BMP or when it does not
+    match the colour space written.  WebP has no grey modes, so L/LA are
+    written as RGB/RGBA.
+
+    Returns:
+        One-line notices for the user (e.g. JPEG is lossy); may be empty.
+
+    Raises:
+        ImageError: unknown extension (the message lists the supported ones),
+            transparency requested for JPEG or BMP, encoder failure, or any
+            of the :func:`atomic_write_bytes` refusals.  Nothing is left on
+            disk when it fails.
+    """
+    name = _name(path)
+    ext = os.path.splitext(os.fsdecode(os.fspath(path)))[1].lower()
+    fmt = WRITE_FORMATS.get(ext)
+    if fmt is None:
+        shown = f"'{ext}'" if ext else "no extension"
+        raise ImageError(
+            f"cannot write {name}: unknown image extension ({shown}); "
+            f"use one of {', '.join(WRITE_FORMATS)}"
+        )
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"cannot write {name}: not a Pillow image ({type(image).__name__})")
+    _resolve_target(path, force)  # fail fast, before encoding
+
+    notices: list[str] = []
+    mode = image.mode
+    if fmt in ("JPEG", "BMP") and mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        raise ImageError(
+            f"cannot write {name}: {fmt} cannot store transparency; use .png, .webp or .tif"
+        )
+    if fmt == "WEBP" and mode in ("L", "LA"):
+        image = image.convert("RGB" if mode == "L" else "RGBA")
+        notices.append(f"WebP has no greyscale mode; {mode} image written as {image.mode}")
+
+    icc = icc_profile or None
+    if icc is not None:
+        if fmt == "BMP":
+            notices.append("BMP cannot carry an ICC profile; profile dropped")
+            icc = None
+        elif image.mode in MODES and _icc_colour_space(icc) != _icc_family(image.mode):
+            notices.append(f"ICC profile does not match the {image.mode} image written; profile dropped")
+            icc = None
+
+    params: dict[str, object] = {}
+    if fmt != "BMP":
+        params["icc_profile"] = icc  # explicit None also stops image.info's profile
+    if fmt == "TIFF" and features.check_codec("libtiff"):
+        params["compression"] = "tiff_deflate"
+    elif fmt == "WEBP":
+        params.update(lossless=True, exact=True)
+    elif fmt == "JPEG":
+        params.update(quality=_JPEG_QUALITY, subsampling=0)
+        notices.append(f"JPEG output is lossy (re-encoded at quality {_JPEG_QUALITY})")
+
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format=fmt, **params)
+    except MemoryError:
+        raise ImageError(f"not enough memory to encode {name}") from None
+    except Exception as err:  # noqa: BLE001 - encoder errors of every kind
+        raise ImageError(f"cannot encode {name} as {fmt}: {_oneline(err)}") from None
+    atomic_write_bytes(path, buf.getbuffer(), force=force)
+    return notices
+
+
+def check_distinct(in_path: PathLike, out_path: PathLike) -> None:
+    """Refuse an output path that is the input file.
+
+    Two paths are the same when both exist and ``os.path.samefile`` says so
+    (hard links, symlinks, different spellings), or when their fully resolved
+    paths are equal.
+
+    Raises:
+        ImageError: ``"output path is the same as the input: X"``.
+    """
+    a = os.fsdecode(os.fspath(in_path))
+    b = os.fsdecode(os.fspath(out_path))
+    if "\0" in a or "\0" in b:
+        raise ImageError(f"invalid file name: {_name(in_path if chr(0) in a else out_path)}")
+    same = False
+    try:
+        same = os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        same = False
+    if not same:
+        same = os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+    if same:
+        raise ImageError(f"output path is the same as the input: {_name(out_path)}")

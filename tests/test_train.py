@@ -47,6 +47,10 @@ def test_train_resume_and_export(tmp_path, image_dir):
     fp = weights.export(model, tmp_path / "w", steps=6)
     loaded = weights.load(tmp_path / "w")
     assert loaded.coding.fingerprint == fp and loaded.steps == 6
+    restored, steps = weights.load_float_model(tmp_path / "w")
+    assert steps == 6
+    for k, v in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[k], v), k
     # tables are rebuilt from the final parameters: they match the prior of this model
     from vaecodec.entropy import factorized_tables
     fresh = factorized_tables(model.prior)

@@ -182,8 +182,9 @@ def info(file: Path):
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Start from this checkpoint's weights (fresh optimiser).")
+@click.option("--init", type=click.Path(exists=True), default=None,
+              help="Start from a checkpoint file or an exported weights folder "
+                   "(e.g. weights); fresh optimiser, step count carried on.")
 @click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch default).")
 @click.option("--N", "N", type=int, default=128, show_default=True, help="Filters.")

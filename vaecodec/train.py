@@ -184,7 +184,7 @@ def load_checkpoint(path: Path, model, optimizer=None) -> int:
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float:
-    """Linear warm-up over ``warmup`` steps, constant, cosine decay to 2% over the final
+    """``step`` counts from the start of this run. Linear warm-up over ``warmup`` steps, constant, cosine decay to 2% over the final
     ``decay_fraction`` of the time (or step) budget."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
     start = 1.0 - cfg.decay_fraction
@@ -229,7 +229,14 @@ def train(cfg: TrainConfig) -> Path:
         if rank == 0:
             print(f"resumed from {ckpt} at step {step}", flush=True)
     elif cfg.init:
-        load_checkpoint(Path(cfg.init), model)
+        if Path(cfg.init).is_dir():   # an exported weights folder
+            from .weights import load_float_model
+            exported, step = load_float_model(cfg.init)
+            model.load_state_dict(exported.state_dict())
+        else:
+            step = load_checkpoint(Path(cfg.init), model)
+        if rank == 0:
+            print(f"initialised from {cfg.init} (step {step})", flush=True)
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -261,7 +268,7 @@ def train(cfg: TrainConfig) -> Path:
         if stop:
             break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, frac)
+            group["lr"] = learning_rate(cfg, step - first_step, frac)
         x = random_batch(images, cfg.batch, cfg.crop, rng).to(device)
         level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)
         m = rd_loss(ddp_model, x, level, autocast)

@@ -8,6 +8,9 @@ Two safetensors files (never pickle), each under 16 MiB:
   and of ``y`` (per entry of the scale table). Its SHA-256 over names, dtypes, shapes and bytes
   gives the 8-byte *fingerprint* written into every ``.vae`` file.
 - ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
+- ``training.safetensors``: the float hyper-synthesis and the learned prior's parameters, not
+  used for coding; with the two files above it restores the full float model, so a later
+  training run can start from the published weights (``vaecodec train --init weights``).
 
 Tables are rebuilt from the final parameters at every export and never recomputed at run time.
 """
@@ -30,6 +33,7 @@ from .model import MeanScaleHyperprior
 
 WEIGHTS_FORMAT = "vaecodec-weights-1"
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
+TRAINING_FILE = "training.safetensors"
 MAX_FILE_BYTES = 16 * 2**20
 
 
@@ -99,10 +103,13 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     synthesis["scale_table"] = torch.from_numpy(scales)
     analysis = {k: v.contiguous() for k, v in state.items()
                 if k.startswith("g_a.") or k.startswith("h_a.")}
+    training = {k: v.contiguous() for k, v in state.items()
+                if k.startswith("h_s.") or k.startswith("prior.")}
     fp = fingerprint(synthesis)
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M),
             "fingerprint": fp.hex(), "steps": str(steps)}
-    for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis)):
+    for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis),
+                           (TRAINING_FILE, training)):
         tmp = out_dir / (fname + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
         os.chmod(tmp, 0o644)
@@ -157,3 +164,22 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     model.coding = CodingModels(IntegerHyperSynthesis(hs), tables("z"), tables("y"), fp)
     model.steps = int(meta.get("steps", 0))
     return model.eval()
+
+
+def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]:
+    """The full float model (all trainable parameters) from an export, and its step count.
+
+    Used to continue training from published weights. Raises :class:`WeightsError`.
+    """
+    d = Path(weights_dir)
+    state, meta = {}, {}
+    for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
+        tensors, meta = _read(d / fname)
+        state.update(tensors)
+    model = MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=state["lambdas"].tolist())
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise WeightsError(f"weights in {d} cannot restore the float model (missing {missing[0]})")
+    model.load_state_dict({k: state[k] for k in own})
+    return model, int(meta.get("steps", 0))

@@ -1,0 +1,243 @@
+"""Rate-distortion benchmark: metrics, Bjøntegaard deltas, codecs and the end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vaecodec import benchmark, metrics
+
+RATES = np.array([0.12, 0.25, 0.5, 1.0, 2.0])  # bpp
+PSNRS = np.array([26.0, 28.7, 31.9, 35.4, 39.0])  # dB
+
+
+def sample(name: str = "astronaut", box=(0, 0, 128, 96)) -> Image.Image:
+    import skimage.data
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB").crop(box)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def test_psnr_rgb_known_values():
+    a = np.full((8, 8, 3), 100, dtype=np.uint8)
+    assert metrics.psnr_rgb(a, a) == metrics.PSNR_CAP == 100.0
+    b = a.copy()
+    b[..., 0] += 3  # squared error 9 on a third of the values: MSE 3
+    assert metrics.psnr_rgb(a, b) == pytest.approx(10 * math.log10(255**2 / 3))
+    assert metrics.psnr_rgb(Image.fromarray(a), Image.fromarray(b)) == metrics.psnr_rgb(a, b)
+    with pytest.raises(ValueError):
+        metrics.psnr_rgb(a, a[:4])
+
+
+def test_bpp():
+    assert metrics.bpp(1000, 100, 80) == 1.0
+    assert metrics.bpp(12288, 512, 768) == pytest.approx(0.25)
+
+
+def test_ms_ssim_identical_and_small_images():
+    img = np.asarray(sample(box=(0, 0, 176, 168)))
+    assert metrics.ms_ssim_rgb(img, img) == pytest.approx(1.0, abs=1e-5)
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    assert 0.5 < metrics.ms_ssim_rgb(img, noisy) < 0.999
+    small = img[:96, :128]
+    with pytest.warns(RuntimeWarning, match="MS-SSIM"):
+        assert math.isnan(metrics.ms_ssim_rgb(small, small))
+
+
+# -- Bjøntegaard ------------------------------------------------------------------------------
+
+def test_bd_rate_against_itself_is_zero():
+    assert abs(metrics.bd_rate(RATES, PSNRS, RATES, PSNRS)) < 1e-6
+    assert abs(metrics.bd_psnr(RATES, PSNRS, RATES, PSNRS)) < 1e-6
+
+
+def test_bd_rate_half_rate_is_minus_50_percent():
+    assert metrics.bd_rate(RATES, PSNRS, RATES / 2, PSNRS) == pytest.approx(-50.0, abs=0.1)
+    assert metrics.bd_rate(RATES, PSNRS, RATES * 1.25, PSNRS) == pytest.approx(25.0, abs=0.1)
+    # unsorted input and a swapped role give the inverse change
+    order = [3, 0, 4, 1, 2]
+    back = metrics.bd_rate(RATES / 2, PSNRS, RATES[order], PSNRS[order])
+    assert back == pytest.approx(100.0, abs=0.1)
+
+
+def test_bd_psnr_sanity():
+    # +1 dB everywhere is +1 dB BD-PSNR and a negative BD-rate
+    assert metrics.bd_psnr(RATES, PSNRS, RATES, PSNRS + 1.0) == pytest.approx(1.0, abs=1e-9)
+    assert metrics.bd_rate(RATES, PSNRS, RATES, PSNRS + 1.0) < -5
+    # half the rate: PSNR gained at equal rate is positive, about the local slope × log 2
+    gain = metrics.bd_psnr(RATES, PSNRS, RATES / 2, PSNRS)
+    assert 2.0 < gain < 4.0
+    # curves that do not overlap give NaN, not a number
+    assert math.isnan(metrics.bd_rate(RATES, PSNRS, RATES, PSNRS + 20))
+    assert math.isnan(metrics.bd_psnr(RATES, PSNRS, RATES * 100, PSNRS))
+
+
+def test_own_pchip_matches_scipy_and_is_exact_on_lines():
+    x = np.array([0.0, 0.7, 1.5, 2.0, 3.2, 4.0])
+    y = np.array([1.0, 2.5, 2.6, 4.0, 3.0, 5.0])
+    own = metrics.Pchip(x, y, use_scipy=False)
+    t = np.linspace(0, 4, 81)
+    line = metrics.Pchip(x, 2 * x + 1, use_scipy=False)
+    assert np.allclose(line(t), 2 * t + 1)
+    assert line.integrate(0.3, 3.5) == pytest.approx((3.5**2 + 3.5) - (0.3**2 + 0.3))
+    assert math.isnan(own(np.array([4.5]))[0])
+    pytest.importorskip("scipy")
+    ref = metrics.Pchip(x, y, use_scipy=True)
+    assert np.allclose(own(t), ref(t), atol=1e-12)
+    assert own.integrate(0.2, 3.9) == pytest.approx(ref.integrate(0.2, 3.9), abs=1e-12)
+
+
+def test_psnr_at_bpp():
+    assert metrics.psnr_at_bpp(RATES, PSNRS, 0.5) == pytest.approx(31.9)
+    assert 31.9 < metrics.psnr_at_bpp(RATES, PSNRS, 0.7) < 35.4
+    assert math.isnan(metrics.psnr_at_bpp(RATES, PSNRS, 0.1))
+    assert math.isnan(metrics.psnr_at_bpp(RATES, PSNRS, 2.5))
+
+
+# -- codecs -----------------------------------------------------------------------------------
+
+def test_jpeg_quality_5_is_sane():
+    img = sample("chelsea", box=(0, 0, 256, 192))
+    codec = benchmark.get_codec("jpeg")
+    data = codec.encode(img, 5)
+    assert data[:2] == b"\xff\xd8"  # a complete JPEG file
+    m = benchmark.measure(codec, img, 5)
+    assert m["bytes"] == len(data)
+    assert m["bpp"] < 0.5
+    assert 18 < m["psnr-rgb"] < 32
+    hi = benchmark.measure(codec, img, 95)
+    assert hi["bpp"] > m["bpp"] and hi["psnr-rgb"] > m["psnr-rgb"] + 8
+
+
+@pytest.mark.parametrize("name", ["webp", "avif", "jpegxl", "jpeg2000", "heic"])
+def test_optional_codecs_round_trip(name):
+    codec = benchmark.get_codec(name)
+    reason = codec.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    img = sample(box=(0, 0, 128, 96))
+    lo, hi = codec.qualities[len(codec.qualities) // 2], codec.qualities[-1]
+    small, large = (benchmark.measure(codec, img, q) for q in (lo, hi))
+    assert 0 < small["bpp"] < large["bpp"]
+    assert 30 < small["psnr-rgb"] < large["psnr-rgb"] < 60  # mid sweep ~35 dB, top ~40-45 dB
+
+
+def test_jpegxl_falls_back_to_imagecodecs(monkeypatch):
+    imagecodecs = pytest.importorskip("imagecodecs")
+    if not imagecodecs.JPEGXL.available:
+        pytest.skip("imagecodecs without JPEG XL")
+    monkeypatch.setitem(sys.modules, "pillow_jxl", None)  # import fails
+    codec = benchmark.get_codec("jxl")
+    assert codec.unavailable_reason() is None and codec._backend == "imagecodecs"
+    img = sample(box=(0, 0, 128, 96))
+    m = benchmark.measure(codec, img, 90)
+    assert m["psnr-rgb"] > 35 and 0 < m["bpp"] < 4
+
+
+def test_parse_codecs_and_aliases():
+    assert benchmark.parse_codecs("JPEG, jxl,j2k,jpeg") == ["jpeg", "jpegxl", "jpeg2000"]
+    with pytest.raises(click.BadParameter, match="unknown codec 'png'"):
+        benchmark.parse_codecs("jpeg,png")
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    sample("astronaut", box=(100, 40, 228, 136)).save(d / "a.png")
+    sample("coffee", box=(200, 100, 328, 196)).save(d / "b.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_run_benchmark_end_to_end(small_dataset, tmp_path):
+    out = tmp_path / "out"
+    res = benchmark.run_benchmark(small_dataset, ["jpeg", "webp"], out, progress=False)
+    assert res["images"] == ["a", "b"]
+    assert res["skipped"] == {} and res["errors"] == []
+
+    entries = json.loads((out / "results.json").read_text())
+    assert [e["name"] for e in entries] == ["JPEG", "WebP"]
+    keys = {"bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"}
+    for e, codec in zip(entries, ("jpeg", "webp")):
+        assert set(e["results"]) == keys
+        n = len(benchmark.CODECS[codec].qualities)
+        assert all(len(v) == n for v in e["results"].values())
+        bpp = e["results"]["bpp"]
+        assert bpp == sorted(bpp) and bpp[0] > 0
+        assert all(t > 0 for t in e["results"]["encoding_time"] + e["results"]["decoding_time"])
+        assert all(v is None for v in e["results"]["ms-ssim-rgb"])  # 128×96 < 161 px: NaN
+
+    raw = json.loads((out / "per-image.json").read_text())["records"]
+    assert len(raw) == 2 * (len(benchmark.JpegCodec.qualities) + len(benchmark.WebPCodec.qualities))
+    # the aggregate is the mean of per-image values
+    q5 = [r for r in raw if r["codec"] == "jpeg" and r["quality"] == 5]
+    jpeg = entries[0]
+    i = jpeg["qualities"].index(5)
+    assert jpeg["results"]["bpp"][i] == pytest.approx(np.mean([r["bpp"] for r in q5]))
+    assert jpeg["results"]["psnr-rgb"][i] == pytest.approx(np.mean([r["psnr-rgb"] for r in q5]))
+    assert q5[0]["bpp"] == pytest.approx(8 * q5[0]["bytes"] / (128 * 96))
+
+    assert res["bd"]["jpeg"]["bd_rate_psnr_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert res["bd"]["webp"]["bd_rate_psnr_pct"] < 0  # WebP beats JPEG
+    report = (out / "report.md").read_text()
+    assert "BD-rate PSNR [%]" in report and "0.25 bpp" in report and "### WebP" in report
+    for png in ("rd-psnr.png", "rd-msssim.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "per-image.csv").read_text().startswith("image,codec,quality")
+
+
+def test_parallel_jobs_match_serial(small_dataset, tmp_path):
+    serial = benchmark.run_benchmark(small_dataset, "jpeg", tmp_path / "s", progress=False)
+    parallel = benchmark.run_benchmark(small_dataset, "jpeg", tmp_path / "p", jobs=2,
+                                       progress=False)
+    assert parallel["errors"] == []
+    assert parallel["results"][0]["results"]["bpp"] == serial["results"][0]["results"]["bpp"]
+
+
+def test_unavailable_codec_is_skipped_with_a_notice(small_dataset, tmp_path, monkeypatch, capsys):
+    def missing(self):
+        raise benchmark.CodecUnavailable("libwebp not installed")
+    monkeypatch.setattr(benchmark.WebPCodec, "_load", missing)
+    res = benchmark.run_benchmark(small_dataset, "jpeg,webp", tmp_path / "o", limit=1,
+                                  progress=False)
+    assert res["skipped"] == {"webp": "CodecUnavailable: libwebp not installed"}
+    assert [e["codec"] for e in res["results"]] == ["jpeg"]
+    assert "skipping webp: CodecUnavailable: libwebp not installed" in capsys.readouterr().err
+    assert "skipped: CodecUnavailable" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_bad_input_is_a_usage_error(small_dataset, tmp_path):
+    with pytest.raises(click.UsageError, match="unknown codec 'foo'"):
+        benchmark.run_benchmark(small_dataset, ["jpeg", "foo"], tmp_path / "o")
+    with pytest.raises(click.UsageError, match="not found"):
+        benchmark.run_benchmark(tmp_path / "missing", ["jpeg"], tmp_path / "o")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(click.UsageError, match="no images"):
+        benchmark.run_benchmark(empty, ["jpeg"], tmp_path / "o")
+
+
+def test_cli(small_dataset, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(benchmark.benchmark_command, ["--help"])
+    assert res.exit_code == 0 and "--codecs" in res.output and "--jobs" in res.output
+    res = runner.invoke(benchmark.benchmark_command,
+                        ["--dataset", str(small_dataset), "--codecs", "jpeg,foo"])
+    assert res.exit_code == 2 and "unknown codec 'foo'" in res.output
+    res = runner.invoke(benchmark.benchmark_command, ["--dataset", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    out = tmp_path / "cli-out"
+    res = runner.invoke(benchmark.benchmark_command,
+                        ["--dataset", str(small_dataset), "--codecs", "jpg", "--out", str(out),
+                         "--limit", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())[0]["name"] == "JPEG"

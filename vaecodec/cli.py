@@ -5,6 +5,7 @@ and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see o
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -58,13 +59,18 @@ def main():
     """
 
 
+@contextlib.contextmanager
 def _progress(total: int, desc: str):
-    """A tqdm bar for multi-tile images (none for a single tile)."""
+    """Yields the update function of a tqdm bar for multi-tile images on a terminal (no bar for a
+    single tile or when stderr is not a terminal). The bar is removed when the block ends, also
+    on an error, so the ``Error: ...`` line is not glued to it."""
     if total <= 1:
-        return None, lambda n: None
+        yield lambda n: None
+        return
     from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit="tile", leave=False, file=sys.stderr)
-    return bar, bar.update
+    with tqdm(total=total, desc=desc, unit="tile", leave=False, file=sys.stderr,
+              disable=None) as bar:
+        yield bar.update
 
 
 def _read_input_bytes(path: Path) -> bytes:
@@ -76,6 +82,19 @@ def _read_input_bytes(path: Path) -> bytes:
     if not data:
         raise click.ClickException(f"{path} is empty")
     return data
+
+
+def _check_output(output: Path, force: bool, image: bool = False) -> None:
+    """Refuse an OUTPUT that cannot be written before any coding work is done (an unknown image
+    extension, a missing or read-only directory, an existing file without --force)."""
+    from . import imageio
+    if image and output.suffix.lower() not in imageio.WRITE_FORMATS:
+        shown = f"'{output.suffix.lower()}'" if output.suffix else "no extension"
+        raise imageio.ImageError(f"cannot write {output}: unknown image extension ({shown}); "
+                                 f"use one of {', '.join(imageio.WRITE_FORMATS)}")
+    _, _, parent = imageio._resolve_target(output, force)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise imageio.ImageError(f"cannot write {output}: permission denied")
 
 
 @main.command()
@@ -90,8 +109,7 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file."""
     from . import bitstream, codec, imageio
     imageio.check_distinct(input, output)
-    if output.exists() and not force:
-        raise click.ClickException(f"{output} exists; use --force to overwrite")
+    _check_output(output, force)
     rgb, meta = imageio.read_image(input)
     for notice in meta.notices:
         click.echo(f"note: {notice}", err=True)
@@ -102,13 +120,11 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
         sections.append(bitstream.Section(2, meta.alpha))
     model = codec.get_model(str(weights) if weights else None)
     h, w = rgb.shape[:2]
-    bar, update = _progress(len(codec.tile_grid(h, w, *codec._geometry(h, w))), "compress")
-    start = time.perf_counter()
-    data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
-                                model=model, progress=update)
-    seconds = time.perf_counter() - start
-    if bar:
-        bar.close()
+    with _progress(len(codec.tile_grid(h, w, *codec._geometry(h, w))), "compress") as update:
+        start = time.perf_counter()
+        data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
+                                    model=model, progress=update)
+        seconds = time.perf_counter() - start
     imageio.atomic_write_bytes(output, data, force=force)
     click.echo(f"{input} -> {output}: {len(data):,} bytes, {8 * len(data) / (h * w):.3f} bpp, "
                f"{w}x{h} {meta.mode}, quality {quality:g}, {seconds:.2f} s")
@@ -124,24 +140,22 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     """Decompress a .vae file into an image; the format follows OUTPUT's extension (.png, ...)."""
     from . import bitstream, codec, imageio
     imageio.check_distinct(input, output)
-    if output.exists() and not force:
-        raise click.ClickException(f"{output} exists; use --force to overwrite")
+    _check_output(output, force, image=True)
     data = _read_input_bytes(input)
     model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)
-    bar, update = _progress(len(codec.tile_grid(header.height, header.width,
-                                                header.tile_size, header.tile_overlap)), "decompress")
-    start = time.perf_counter()
-    decoded = codec.decompress_array(data, model=model, progress=update)
-    seconds = time.perf_counter() - start
-    if bar:
-        bar.close()
+    grid = codec.tile_grid(header.height, header.width, header.tile_size, header.tile_overlap)
+    with _progress(len(grid), "decompress") as update:
+        start = time.perf_counter()
+        decoded = codec.decompress_array(data, model=model, progress=update)
+        seconds = time.perf_counter() - start
     sections = {s.kind: s.data for s in decoded.sections}
     alpha = sections.get(2)
     meta = imageio.ImageMeta(mode=decoded.header.mode, alpha=alpha, icc_profile=sections.get(1),
                              notices=[])
     image = imageio.to_image(decoded.rgb, meta)
-    imageio.write_image(output, image, meta.icc_profile, force=force)
+    for notice in imageio.write_image(output, image, meta.icc_profile, force=force):
+        click.echo(f"note: {notice}", err=True)
     click.echo(f"{input} -> {output}: {header.width}x{header.height} {header.mode}, "
                f"{seconds:.2f} s")
 

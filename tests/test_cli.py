@@ -1,0 +1,393 @@
+"""The command line (issue 5, CLI part of issue 2): compress/decompress/info round trip, damaged
+and foreign files refused, overwrite rules, one-line errors without tracebacks, --help.
+
+Everything runs the real codec with the bundled weights; only one test starts a real process.
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import ROOT, photo_crop
+from vaecodec import bitstream, codec
+from vaecodec.cli import main
+
+# Byte offsets in the big-endian header (">4sBB8sHIIBHHHHB", see bitstream/SPEC.md).
+VERSION_AT, FINGERPRINT_AT, HEIGHT_AT, WIDTH_AT, TILE_AT = 4, 6, 16, 20, 25
+
+
+def cli(*args) -> "click.testing.Result":
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def with_crc(data: bytes | bytearray) -> bytes:
+    """``data`` with its last 4 bytes replaced by the CRC-32 of everything before them."""
+    body = bytes(data[:-4])
+    return body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def patched(data: bytes, offset: int, fmt: str, *values) -> bytes:
+    """Overwrite a header field and recompute the CRC, so only that field is wrong."""
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, *values)
+    return with_crc(out)
+
+
+def listing(d: Path) -> list[str]:
+    return sorted(os.listdir(d))
+
+
+def assert_refused(result, *fragments: str) -> str:
+    """Non-zero exit, exactly one line on stderr, ``Error: ...``, no traceback, nothing on stdout
+    (notices aside). Returns the message, lower-cased."""
+    assert result.exit_code != 0, result.output
+    # CliRunner stores an escaped exception here; a clean refusal is a SystemExit.
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("note: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    assert result.stdout == ""
+    message = lines[0].lower()
+    for fragment in fragments:
+        assert fragment.lower() in message, (fragment, lines[0])
+    return message
+
+
+@pytest.fixture(scope="module")
+def photo_vae(photo_path, tmp_path_factory):
+    """The real photo compressed through the CLI: (path of the .vae, compress's Result)."""
+    out = tmp_path_factory.mktemp("cli") / "photo.vae"
+    result = cli("compress", photo_path, out, "--quality", "3")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def small_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("small") / "small.png"
+    Image.fromarray(photo_crop(48, 64, seed=5)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_vae(small_png, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small-vae") / "small.vae"
+    assert cli("compress", small_png, out).exit_code == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# round trip
+
+
+def test_round_trip_compress_info_decompress(photo_path, photo_vae, tmp_path):
+    vae, compressed = photo_vae
+    with Image.open(photo_path) as im:
+        width, height = im.size
+        original = np.asarray(im.convert("RGB"), dtype=np.float64)
+    n = vae.stat().st_size
+
+    m = re.search(r"-> .*: ([\d,]+) bytes, ([\d.]+) bpp, (\d+)x(\d+) RGB, quality 3\b",
+                  compressed.stdout)
+    assert m, compressed.stdout
+    assert int(m[1].replace(",", "")) == n
+    assert m[2] == f"{8 * n / (height * width):.3f}"
+    assert (int(m[3]), int(m[4])) == (width, height)
+
+    info = cli("info", vae)
+    assert info.exit_code == 0, info.output
+    assert f"{width}x{height} RGB" in info.stdout
+    assert f"({n:,} bytes)" in info.stdout
+    assert re.search(rf"^bpp:\s+{8 * n / (height * width):.4f}$", info.stdout, re.M)
+    assert re.search(r"^quality:\s+3$", info.stdout, re.M)
+    assert re.search(r"^sections:\s+none$", info.stdout, re.M)
+
+    out = tmp_path / "decoded.png"
+    result = cli("decompress", vae, out)
+    assert result.exit_code == 0, result.output
+    assert f"{width}x{height} RGB" in result.stdout
+    with Image.open(out) as im:
+        assert im.size == (width, height) and im.mode == "RGB"
+        decoded = np.asarray(im, dtype=np.float64)
+    psnr = 10 * np.log10(255**2 / np.mean((decoded - original) ** 2))
+    assert psnr > 15, psnr
+    assert listing(tmp_path) == ["decoded.png"]
+
+
+def test_decompress_to_jpeg_prints_the_lossy_notice(small_vae, tmp_path):
+    out = tmp_path / "x.jpg"
+    result = cli("decompress", small_vae, out)
+    assert result.exit_code == 0, result.output
+    assert "note: JPEG output is lossy" in result.stderr
+    with Image.open(out) as im:
+        assert im.format == "JPEG" and im.size == (64, 48)
+
+
+# --------------------------------------------------------------------------------------------
+# damaged files
+
+
+@pytest.mark.parametrize("where", ["header", "quarter", "middle", "three-quarters", "last-data",
+                                   "crc"])
+def test_flipped_byte_is_refused(photo_vae, tmp_path, where):
+    data = photo_vae[0].read_bytes()
+    n = len(data)
+    pos = {"header": 20, "quarter": n // 4, "middle": n // 2, "three-quarters": 3 * n // 4,
+           "last-data": n - 5, "crc": n - 2}[where]
+    bad = bytearray(data)
+    bad[pos] ^= 0xFF
+    src = tmp_path / "bad.vae"
+    src.write_bytes(bytes(bad))
+    out = tmp_path / "out.png"
+    assert_refused(cli("decompress", src, out), "checksum")
+    assert_refused(cli("info", src), "checksum")
+    assert listing(tmp_path) == ["bad.vae"]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, "minus-1", 41, 10, 3])
+def test_truncated_file_is_refused(photo_vae, tmp_path, keep):
+    data = photo_vae[0].read_bytes()
+    size = {0.5: len(data) // 2, 0.99: int(len(data) * 0.99), "minus-1": len(data) - 1}.get(keep, keep)
+    src = tmp_path / "cut.vae"
+    src.write_bytes(data[:size])
+    out = tmp_path / "out.png"
+    msg = assert_refused(cli("decompress", src, out))
+    assert "truncated" in msg or "checksum" in msg
+    assert_refused(cli("info", src))
+    assert listing(tmp_path) == ["cut.vae"]
+
+
+# --------------------------------------------------------------------------------------------
+# overwriting
+
+
+def test_no_overwrite_without_force(small_png, small_vae, tmp_path):
+    existing = tmp_path / "existing.bin"
+    existing.write_bytes(b"precious data\x00\x01")
+    before = existing.read_bytes()
+    assert_refused(cli("compress", small_png, existing), "exists", "--force")
+    assert existing.read_bytes() == before
+    existing_png = tmp_path / "existing.png"
+    existing_png.write_bytes(before)
+    assert_refused(cli("decompress", small_vae, existing_png), "exists", "--force")
+    assert existing_png.read_bytes() == before
+    assert listing(tmp_path) == ["existing.bin", "existing.png"]
+
+
+def test_overwrite_with_force(small_png, small_vae, tmp_path):
+    vae = tmp_path / "x.vae"
+    vae.write_bytes(b"old")
+    result = cli("compress", small_png, vae, "--force")
+    assert result.exit_code == 0, result.output
+    assert vae.read_bytes() == small_vae.read_bytes()      # same image, same quality, same bytes
+    png = tmp_path / "x.png"
+    png.write_bytes(b"old")
+    result = cli("decompress", vae, png, "-f")
+    assert result.exit_code == 0, result.output
+    with Image.open(png) as im:
+        assert im.size == (64, 48)
+    assert listing(tmp_path) == ["x.png", "x.vae"]
+
+
+def test_output_equal_to_input_is_refused(small_png, small_vae, tmp_path):
+    png = tmp_path / "in.png"
+    png.write_bytes(small_png.read_bytes())
+    vae = tmp_path / "in.vae"
+    vae.write_bytes(small_vae.read_bytes())
+    for args in (("compress", png, png), ("compress", png, tmp_path / "." / ".." / tmp_path.name / "in.png"),
+                 ("compress", png, png, "--force"), ("decompress", vae, vae, "--force")):
+        assert_refused(cli(*args), "same as the input")
+    assert png.read_bytes() == small_png.read_bytes()
+    assert vae.read_bytes() == small_vae.read_bytes()
+    assert listing(tmp_path) == ["in.png", "in.vae"]
+
+
+# --------------------------------------------------------------------------------------------
+# refusals: bad inputs
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "info"])
+@pytest.mark.parametrize("kind", ["empty", "missing", "directory", "not-an-image"])
+def test_bad_input_is_refused(tmp_path, command, kind):
+    src = tmp_path / "input.png"
+    expected = {"empty": "empty", "missing": "no such file", "directory": "directory"}
+    if kind == "empty":
+        src.write_bytes(b"")
+    elif kind == "directory":
+        src.mkdir()
+    elif kind == "not-an-image":
+        src.write_bytes(b"hello, this is a text file, not an image\n" * 20)
+        expected["not-an-image"] = "not an image" if command == "compress" else "magic"
+    before = listing(tmp_path)
+    args = ["info", src] if command == "info" else [command, src, tmp_path / "out.vae"]
+    if command == "decompress":
+        args[-1] = tmp_path / "out.png"
+    assert_refused(cli(*args), expected[kind])
+    assert listing(tmp_path) == before
+
+
+def test_decompress_refuses_an_image_file(small_png, tmp_path):
+    assert_refused(cli("decompress", small_png, tmp_path / "o.png"), "not a vaecodec file")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_output_in_missing_directory_is_refused_before_coding(small_png, small_vae, tmp_path,
+                                                              command, monkeypatch):
+    # A tripwire, not a mock: the codec must not even be reached.
+    def tripwire(*a, **k):
+        raise AssertionError("the codec ran although the output cannot be written")
+    monkeypatch.setattr(codec, "compress_array", tripwire)
+    monkeypatch.setattr(codec, "decompress_array", tripwire)
+    src = small_png if command == "compress" else small_vae
+    out = tmp_path / "no" / "such" / "dir" / "out.png"
+    assert_refused(cli(command, src, out), "does not exist")
+    assert listing(tmp_path) == []
+
+
+def test_decompress_refuses_unknown_extension_before_decoding(small_vae, tmp_path, monkeypatch):
+    monkeypatch.setattr(codec, "decompress_array", lambda *a, **k: pytest.fail("decoded"))
+    assert_refused(cli("decompress", small_vae, tmp_path / "out.xyz"),
+                   "unknown image extension", ".png")
+    assert_refused(cli("decompress", small_vae, tmp_path / "noext"), "no extension")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_read_only_output_directory_is_refused(small_png, small_vae, tmp_path, command):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        src = small_png if command == "compress" else small_vae
+        assert_refused(cli(command, src, ro / "out.png"), "permission denied")
+        assert listing(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------------
+# refusals: foreign, newer or lying .vae files
+
+
+def _refuse_patched(tmp_path, data: bytes, *fragments) -> str:
+    src = tmp_path / "patched.vae"
+    src.write_bytes(data)
+    msg = assert_refused(cli("decompress", src, tmp_path / "out.png"), *fragments)
+    assert listing(tmp_path) == ["patched.vae"]
+    return msg
+
+
+def test_wrong_magic_is_refused(photo_vae, tmp_path):
+    data = photo_vae[0].read_bytes()
+    _refuse_patched(tmp_path, with_crc(b"PNG!" + data[4:]), "not a vaecodec file")
+    src = tmp_path / "patched.vae"
+    assert_refused(cli("info", src), "not a vaecodec file")
+
+
+def test_newer_format_version_is_refused(photo_vae, tmp_path):
+    data = photo_vae[0].read_bytes()
+    newer = patched(data, VERSION_AT, ">B", bitstream.VERSION + 1)
+    _refuse_patched(tmp_path, newer, "newer vaecodec", "upgrade")
+    assert_refused(cli("info", tmp_path / "patched.vae"), "newer vaecodec")
+
+
+def test_file_from_other_weights_is_refused(photo_vae, tmp_path):
+    data = photo_vae[0].read_bytes()
+    fingerprint = data[FINGERPRINT_AT:FINGERPRINT_AT + 8]
+    other = bytes(b ^ 0x5A for b in fingerprint)
+    _refuse_patched(tmp_path, patched(data, FINGERPRINT_AT, ">8s", other),
+                    "other model weights", other.hex())
+    # info only reads the header; it shows the fingerprint instead of refusing
+    result = cli("info", tmp_path / "patched.vae")
+    assert result.exit_code == 0 and other.hex() in result.stdout
+
+
+@pytest.mark.parametrize("height,width,tile,fragments", [
+    (0xFFFFFFFF, 0xFFFFFFFF, None, ("out of range",)),
+    (100_000, 100_000, None, ("exceeds the limit",)),
+    (30_000, 30_000, None, ("tiling does not match",)),          # under the pixel limit: lies
+    (30_000, 30_000, (1024, 64), ("tiles", "needs")),           # consistent tiling, 1 tile
+    (1000, 700, None, ("latent shape",)),                       # plausible, wrong tile shape
+])
+def test_absurd_dimensions_are_refused_before_allocating(photo_vae, tmp_path, height, width,
+                                                         tile, fragments):
+    data = patched(photo_vae[0].read_bytes(), HEIGHT_AT, ">II", height, width)
+    if tile:
+        data = patched(data, TILE_AT, ">HH", *tile)
+    codec.get_model(None, encoder=False)            # loaded outside the measurement
+    tracemalloc.start()
+    try:
+        _refuse_patched(tmp_path, data, *fragments)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
+
+
+# --------------------------------------------------------------------------------------------
+# a real process: exit status and stderr
+
+
+def test_real_process_exit_status_and_stderr(photo_vae, tmp_path):
+    bad = bytearray(photo_vae[0].read_bytes())
+    bad[len(bad) // 2] ^= 0x01
+    src = tmp_path / "bad.vae"
+    src.write_bytes(bytes(bad))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VAECODEC_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "vaecodec", "decompress", str(src),
+                           str(tmp_path / "out.png")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "Error: file is corrupted or truncated (checksum mismatch)"]
+    assert listing(tmp_path) == ["bad.vae"]
+
+
+# --------------------------------------------------------------------------------------------
+# help
+
+
+def test_help_of_every_command():
+    top = cli("--help")
+    assert top.exit_code == 0
+    for name in ("compress", "decompress", "info", "train", "export"):
+        assert name in top.stdout
+    assert set(main.commands) >= {"compress", "decompress", "info", "train", "export"}
+    for name, command in main.commands.items():
+        for flag in ("--help", "-h"):
+            result = cli(name, flag)
+            assert result.exit_code == 0, (name, result.output)
+            assert "Usage:" in result.stdout
+            for param in command.params:
+                if isinstance(param, click.Option) and not param.hidden:
+                    assert any(opt in result.stdout for opt in param.opts), (name, param.opts)
+    compress_help = cli("compress", "--help").stdout
+    for opt in ("--quality", "--force", "--weights", "INPUT", "OUTPUT"):
+        assert opt in compress_help
+    for opt in ("--force", "--weights", "INPUT", "OUTPUT"):
+        assert opt in cli("decompress", "--help").stdout
+    assert "FILE" in cli("info", "--help").stdout
+
+
+def test_bad_quality_is_a_usage_error(small_png, tmp_path):
+    result = cli("compress", small_png, tmp_path / "x.vae", "--quality", "9")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--quality" in result.stderr
+    assert listing(tmp_path) == []

@@ -34,10 +34,15 @@ def test_tile_grid_covers_image_with_overlap():
 
 
 def test_tiled_image_has_no_visible_seam(model):
-    rgb = photo_crop(300, 1500, seed=7)           # two tiles side by side
-    out = codec.decompress_array(codec.compress_array(rgb, 6.0, model=model), model=model).rgb
-    seam = slice(960, 1024)                        # the blended overlap
-    assert abs(psnr(out[:, seam], rgb[:, seam]) - psnr(out, rgb)) < 2.0
+    """Around the tile boundary the tiled decode is as good as coding the strip in one piece."""
+    import torch
+    rgb = photo_crop(300, 1500, seed=7)           # two tiles side by side, overlap 960..1024
+    tiled = codec.decompress_array(codec.compress_array(rgb, 6.0, model=model), model=model).rgb
+    x = codec._pad_to_stride(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    whole = model.decompress(model.compress(x, 6.0), 6.0)[0, :, :300, :1500]
+    whole = np.clip(np.round(whole.permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
+    for region in (slice(928, 960), slice(960, 1024), slice(1024, 1056)):
+        assert psnr(tiled[:, region], rgb[:, region]) > psnr(whole[:, region], rgb[:, region]) - 1.0
 
 
 def test_bpp_rises_and_distortion_falls_with_quality(model):

@@ -141,33 +141,42 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     if len(grid) != len(container.tiles):
         raise CodecError(f"file has {len(container.tiles)} tiles, its image size needs {len(grid)}")
     quality = hd.quality_milli / 1000
-    single = len(grid) == 1
-    out = np.zeros((hd.height, hd.width, 3), dtype=np.float32)
-    weight = None if single else np.zeros((hd.height, hd.width, 1), dtype=np.float32)
-    for (top, left, h, w), t in zip(grid, container.tiles):
+    for (_, _, h, w), t in zip(grid, container.tiles):
         ph, pw = h + (-h) % STRIDE, w + (-w) % STRIDE
         if t.y_shape != (ph // 16, pw // 16) or t.z_shape != (ph // 64, pw // 64):
             raise CodecError("a tile's latent shape does not match its size")
+    # Blend in a band of float rows as tall as one tile row; rows no later tile touches are
+    # rounded into the uint8 output, so float memory stays O(tile x width). The linear ramps
+    # of neighbouring tiles are exact dyadic numbers that sum to 1.
+    rgb = None
+    band_top, band = 0, np.zeros((0, hd.width, 3), dtype=np.float32)
+    row_tops = sorted({top for top, _, _, _ in grid})
+    for (top, left, h, w), t in zip(grid, container.tiles):
         streams = {"z_shape": t.z_shape, "y_shape": t.y_shape, "z_stream": t.z_stream,
                    "y_stream": t.y_stream, "escapes": t.escapes}
         try:
             x_hat = model.decompress(streams, quality)
         except EntropyCodingError as exc:
             raise CodecError(f"file is damaged: {exc}") from None
+        if rgb is None:
+            try:
+                rgb = np.empty((hd.height, hd.width, 3), dtype=np.uint8)
+            except MemoryError:
+                raise CodecError(f"not enough memory for a {hd.width}x{hd.height} image") from None
         rec = x_hat[0, :, :h, :w].permute(1, 2, 0).numpy()
-        if single:
-            out[:] = rec
-        else:
-            wy = _ramp(h, hd.tile_overlap if top else 0, hd.tile_overlap if top + h < hd.height else 0)
-            wx = _ramp(w, hd.tile_overlap if left else 0, hd.tile_overlap if left + w < hd.width else 0)
-            wgt = (wy[:, None] * wx[None, :])[:, :, None]
-            out[top:top + h, left:left + w] += rec * wgt
-            weight[top:top + h, left:left + w] += wgt
+        if top + h > band_top + len(band):
+            grow = np.zeros((top + h - band_top - len(band), hd.width, 3), dtype=np.float32)
+            band = np.concatenate([band, grow])
+        wy = _ramp(h, hd.tile_overlap if top else 0, hd.tile_overlap if top + h < hd.height else 0)
+        wx = _ramp(w, hd.tile_overlap if left else 0, hd.tile_overlap if left + w < hd.width else 0)
+        band[top - band_top:top - band_top + h, left:left + w] += rec * (wy[:, None, None] * wx[None, :, None])
+        if left + w == hd.width:   # end of a tile row: flush the rows that are now final
+            i = row_tops.index(top)
+            final = row_tops[i + 1] if i + 1 < len(row_tops) else hd.height
+            rgb[band_top:final] = np.clip(np.round(band[:final - band_top] * 255.0), 0, 255)
+            band, band_top = band[final - band_top:].copy(), final
         if progress:
             progress(1)
-    if weight is not None:
-        out /= weight
-    rgb = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
     return Decoded(rgb, hd, container.sections)
 
 

@@ -68,3 +68,12 @@ def test_quantize_pmf_exact_total_and_floor():
     freq = quantize_pmf(np.array([0.5, 0.25, 0.25 - 1e-12, 0.0, 1e-30]))
     assert freq.sum() == 2**16 and freq.min() >= 1
     assert abs(freq[0] / 2**16 - 0.5) < 1e-3
+
+
+def test_trailing_data_after_last_symbol_is_refused(y_tables):
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 64, size=2000)
+    sym = np.round(rng.normal(size=idx.size) * scale_table()[idx]).astype(np.int64)
+    data, esc = encode_indexed(sym, idx, y_tables)
+    with pytest.raises(EntropyCodingError, match="past its last symbol"):
+        decode_indexed(data + b"\x12\x34\x56\x78" * 3, idx, y_tables, EscapeReader(esc))

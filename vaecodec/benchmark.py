@@ -769,6 +769,8 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
                file=sys.stderr)
     try:
         if jobs == 1:
+            import torch  # MS-SSIM runs in torch: hold it to the same thread budget
+            torch.set_num_threads(threads)
             for codec in available:  # reuse the already-loaded codec objects
                 _WORKER_CODECS[f"{codec.name}/{threads}"] = codec
             for src, name in tasks:

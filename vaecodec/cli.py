@@ -17,12 +17,27 @@ GLIBC_FAST_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_th
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
+    """Exception types whose message is meant for the user (imported lazily: torch is slow)."""
     from .bitstream import BitstreamError
-    from .codec import CodecError
-    from .entropy import EntropyCodingError
     from .imageio import ImageError
-    from .weights import WeightsError
-    return BitstreamError, CodecError, EntropyCodingError, ImageError, WeightsError, OSError
+    errors = [BitstreamError, ImageError, OSError, MemoryError]
+    try:
+        from .codec import CodecError
+        from .entropy import EntropyCodingError
+        from .weights import WeightsError
+        errors += [CodecError, EntropyCodingError, WeightsError]
+    except Exception:  # a broken install must still give a one-line error
+        pass
+    return tuple(errors)
+
+
+def _path_argument(ctx, param, value: str) -> Path:
+    """Click callback: refuse empty paths and directory-style paths ending in '/'."""
+    if not value:
+        raise click.BadParameter("empty path")
+    if param.name == "output" and value.endswith(("/", os.sep)):
+        raise click.BadParameter(f"{value!r} names a directory; give a file name")
+    return Path(value)
 
 
 class FriendlyGroup(click.Group):
@@ -34,12 +49,13 @@ class FriendlyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
+            click.echo("Error: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
         except Exception as exc:
             if os.environ.get("VAECODEC_DEBUG"):
                 raise
             if isinstance(exc, _expected_errors()):
-                msg = str(exc)
+                msg = str(exc) if not isinstance(exc, MemoryError) else "not enough memory"
                 if isinstance(exc, OSError) and exc.strerror:
                     msg = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
                 raise click.ClickException(msg) from None
@@ -98,10 +114,11 @@ def _check_output(output: Path, force: bool, image: bool = False) -> None:
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(), callback=_path_argument)
+@click.argument("output", type=click.Path(), callback=_path_argument)
 @click.option("-q", "--quality", type=click.FloatRange(1, 8), default=4.0, show_default=True,
-              help="1 (smallest, ~0.1 bpp) to 8 (best, ~2 bpp); fractions interpolate.")
+              help="1 (smallest file) to 8 (best quality), in steps of 0.001; "
+                   "fractions interpolate between the trained levels.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")
@@ -111,6 +128,8 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     imageio.check_distinct(input, output)
     _check_output(output, force)
     rgb, meta = imageio.read_image(input)
+    if output.suffix.lower() != ".vae":
+        meta.notices.append(f"{output} does not end in .vae (it will hold a .vae stream)")
     for notice in meta.notices:
         click.echo(f"note: {notice}", err=True)
     sections = []
@@ -127,12 +146,12 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
         seconds = time.perf_counter() - start
     imageio.atomic_write_bytes(output, data, force=force)
     click.echo(f"{input} -> {output}: {len(data):,} bytes, {8 * len(data) / (h * w):.3f} bpp, "
-               f"{w}x{h} {meta.mode}, quality {quality:g}, {seconds:.2f} s")
+               f"{w}x{h} {meta.mode}, quality {round(quality * 1000) / 1000:g}, {seconds:.2f} s")
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(), callback=_path_argument)
+@click.argument("output", type=click.Path(), callback=_path_argument)
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")
@@ -161,7 +180,7 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
 
 
 @main.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(), callback=_path_argument)
 def info(file: Path):
     """Show the header of a .vae file: size, mode, quality, bpp, tiles, weights fingerprint."""
     from . import bitstream
@@ -237,7 +256,7 @@ def _export(checkpoint: Path, out: Path) -> None:
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
-              show_default=True)
+              show_default=True, help="Folder for analysis/synthesis/training.safetensors.")
 def export_command(checkpoint: Path, out: Path):
     """Export a training checkpoint to safetensors weights with fresh entropy tables."""
     _export(checkpoint, out)

@@ -96,6 +96,8 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    if not math.isfinite(float(quality)):
+        raise CodecError(f"quality must be between 1 and 8, got {quality}")
     quality_milli = round(float(quality) * 1000)
     if not 1000 <= quality_milli <= 8000:
         raise CodecError(f"quality must be between 1 and 8, got {quality}")

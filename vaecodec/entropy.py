@@ -325,6 +325,8 @@ def decode_indexed(data: bytes, indexes: np.ndarray, tables: Tables,
             if hit.any():
                 values[hit] = escapes.read(int(hit.sum()))
             out[where] = values
+        if not decoder.maybe_exhausted():
+            raise EntropyCodingError("entropy-coded stream has data past its last symbol")
     except EntropyCodingError:
         raise
     except Exception as exc:  # constriction raises on invalid compressed data

@@ -67,7 +67,7 @@ def default_weights_dir() -> Path:
         return Path(env)
     try:
         from importlib.resources import files
-        packaged = Path(str(files("vaecodec.weights")))
+        packaged = Path(str(files("vaecodec.pretrained")))
         if (packaged / SYNTHESIS_FILE).exists():
             return packaged
     except (ModuleNotFoundError, TypeError):
@@ -123,9 +123,12 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.exists():
         raise WeightsError(f"model weights not found: {path} (train or install weights first)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
     if meta.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
     return tensors, meta

@@ -1,7 +1,6 @@
 """Conformance files decode to the recorded latents (exactly) and pixels (within +-1)."""
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

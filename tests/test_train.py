@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from vaecodec.entropy import gaussian_tables, scale_table
 from vaecodec.model import MeanScaleHyperprior
 from vaecodec.train import TrainConfig, learning_rate, train
 from vaecodec import weights

@@ -17,7 +17,6 @@ Tables are rebuilt from the final parameters at every export and never recompute
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

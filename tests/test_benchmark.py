@@ -241,3 +241,14 @@ def test_cli(small_dataset, tmp_path):
                          "--limit", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "results.json").read_text())[0]["name"] == "JPEG"
+
+
+def test_reuse_keeps_earlier_measurements(small_dataset, tmp_path):
+    out = tmp_path / "r"
+    first = benchmark.run_benchmark(small_dataset, "jpeg", out, progress=False)
+    again = benchmark.run_benchmark(small_dataset, "jpeg,webp", out, progress=False,
+                                    reuse=["jpeg"])
+    jpeg = [e for e in again["results"] if e["name"] == first["results"][0]["name"]][0]
+    # timings are never reproduced by a new measurement: equal lists mean they were kept
+    assert jpeg["results"]["encoding_time"] == first["results"][0]["results"]["encoding_time"]
+    assert {e["codec"] for e in again["results"]} == {"jpeg", "webp"}

@@ -725,15 +725,30 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
 # Driver
 
 
+def previous_records(out: Path, keep: Sequence[str]) -> dict[tuple[str, str], list[dict]]:
+    """Measurements of an earlier run in ``out`` (``per-image.json``) for the codecs in ``keep``,
+    keyed by ``(codec, image)``; ``{}`` when there is none."""
+    path = Path(out) / "per-image.json"
+    if not path.exists():
+        return {}
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for r in json.loads(path.read_text(encoding="utf-8")).get("records", []):
+        if r.get("codec") in keep:   # JSON stored NaN as null
+            r = {k: (math.nan if v is None else v) for k, v in r.items()}
+            grouped.setdefault((r["codec"], r["image"]), []).append(r)
+    return grouped
+
+
 def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs: int = 1,
                   limit: int | None = None, threads: int = 1,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, reuse: Sequence[str] = ()) -> dict[str, Any]:
     """Run the benchmark and write its outputs (see the module docstring) into ``out``.
 
     ``dataset``: a directory of images, or ``None`` for scikit-image's sample photographs.
     ``codecs``: registry names (or a comma list); unavailable ones are skipped with a notice.
     ``jobs``: worker processes, parallel over images; ``limit``: use only the first N images;
-    ``threads``: threads each codec may use (1 keeps timings comparable).
+    ``threads``: threads each codec may use (1 keeps timings comparable); ``reuse``: codecs
+    whose measurements from an earlier run in ``out`` are kept instead of measured again.
 
     Returns ``{"dataset", "images", "results" (the ``results.json`` list), "bd", "psnr_at_bpp",
     "anchor", "skipped" ({name: reason}), "errors", "files" ({kind: path})}``. Raises
@@ -762,8 +777,12 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [(src, codec.name) for src in sources for codec in available]
-    results: list[dict[str, Any]] = []
+    kept = previous_records(out, reuse)
+    results: list[dict[str, Any]] = [{"records": kept[(c.name, src.name)], "error": None}
+                                     for src in sources for c in available
+                                     if (c.name, src.name) in kept]
+    tasks = [(src, codec.name) for src in sources for codec in available
+             if (codec.name, src.name) not in kept]
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="benchmark", unit="task", disable=not progress,
                file=sys.stderr)
@@ -874,8 +893,11 @@ def _parse_codecs_option(ctx, param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads each codec may use (1 keeps encode/decode times comparable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--reuse", default="", metavar="CODECS",
+              help="Comma list of codecs whose per-image results already in OUT are kept "
+                   "(e.g. the classical codecs when only the vaecodec weights changed).")
 def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None, jobs: int,
-                      limit: int | None, threads: int, quiet: bool) -> None:
+                      limit: int | None, threads: int, quiet: bool, reuse: str) -> None:
     """Rate-distortion benchmark of vaecodec against JPEG, WebP, AVIF, JPEG XL and JPEG 2000.
 
     For every image and quality it measures the real file size (bpp), PSNR-RGB (dB), MS-SSIM
@@ -890,8 +912,9 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
     name = dataset.resolve().name if dataset is not None else "skimage"
     if out is None:
         out = Path("benchmarks") / "results" / name
+    reuse_names = parse_codecs(reuse) if reuse else []
     result = run_benchmark(dataset, codecs, out, jobs=jobs, limit=limit, threads=threads,
-                           progress=not quiet)
+                           progress=not quiet, reuse=reuse_names)
     click.echo(f"{len(result['images'])} images, codecs: "
                f"{', '.join(e['name'] for e in result['results'])}")
     if result["anchor"]:

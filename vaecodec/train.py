@@ -128,13 +128,14 @@ def validate(model: MeanScaleHyperprior, images: list[torch.Tensor], crop: int =
     Evaluated at qualities 1, 4 and 8 with deterministic rounding, as the coder would see them.
     """
     model.eval()
+    device = next(model.parameters()).device
     results = {}
     for q in (1, 4, 8):
         gain, inv_gain = model.gains(q)
         bpps, psnrs = [], []
         for im in images:
             t, l = (im.shape[1] - crop) // 2, (im.shape[2] - crop) // 2
-            x = im[None, :, t:t + crop, l:l + crop].float() / 255.0
+            x = im[None, :, t:t + crop, l:l + crop].to(device).float() / 255.0
             y = model.g_a(x) * gain[:, None, None]
             z_hat = torch.round(model.h_a(y))
             mean, log_scale = model.entropy_parameters(z_hat)

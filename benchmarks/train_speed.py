@@ -1,31 +1,41 @@
 """Samples/s of one training step (forward, loss, backward, Adam) under several settings.
 
-Run with the allocator setting the launcher uses, e.g.::
+    python benchmarks/train_speed.py [--steps 4] [--rounds 2]
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296 \
-        python benchmarks/train_speed.py --steps 6
-
-All settings are timed interleaved in one process (the cores here are shared and noisy), so
-compare the ratios within one run. Prints a Markdown table.
+The glibc allocator setting only takes effect when a process starts, so every measurement runs
+in a child process, with or without ``GLIBC_TUNABLES``; settings alternate round by round (the
+cores here are shared and noisy: compare the ratios within one run). Prints a Markdown table;
+the baseline is the plain fp32 eager loop without the allocator setting.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
-import torch
+GLIBC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+# (batch, crop, precision, threads, allocator setting)
+SETTINGS = [(16, 128, "fp32", 2, False), (16, 128, "fp32", 2, True), (16, 128, "bf16", 2, True),
+            (16, 128, "bf16", 1, True), (8, 256, "fp32", 2, False), (8, 256, "bf16", 2, True)]
 
-from vaecodec.model import MeanScaleHyperprior
-from vaecodec.train import rd_loss
 
-
-def time_setting(model, opt, batch, crop, precision, steps, channels_last=False):
+def child(batch: int, crop: int, precision: str, threads: int, steps: int, N: int, M: int) -> float:
+    """Median samples/s of ``steps`` training steps after one warm-up step."""
+    import torch
+    from vaecodec.model import MeanScaleHyperprior
+    from vaecodec.train import rd_loss
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(N, M)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     x = torch.rand(batch, 3, crop, crop)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    level = torch.randint(0, 8, (batch,))
+    level = torch.randint(0, model.num_qualities, (batch,))
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
@@ -34,35 +44,44 @@ def time_setting(model, opt, batch, crop, precision, steps, channels_last=False)
         m["loss"].backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    best = sorted(times[1:])[len(times[1:]) // 2]  # median after a warm-up step
-    return batch / best
+    rest = sorted(times[1:])
+    return batch / rest[len(rest) // 2]
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--N", type=int, default=128)
     ap.add_argument("--M", type=int, default=192)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    settings = [(16, 128, "fp32", 2), (16, 128, "bf16", 2), (16, 128, "bf16", 1),
-                (8, 256, "fp32", 2), (8, 256, "bf16", 2)]
-    results = {s: [] for s in settings}
-    model = MeanScaleHyperprior(args.N, args.M)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    if args.child:
+        b, c, p, t = json.loads(args.child)
+        print(json.dumps(child(b, c, p, t, args.steps, args.N, args.M)))
+        return
+    root = Path(__file__).resolve().parent.parent
+    results: dict[tuple, list[float]] = {s: [] for s in SETTINGS}
     for _ in range(args.rounds):
-        for s in settings:
-            batch, crop, precision, threads = s
-            torch.set_num_threads(threads)
-            results[s].append(time_setting(model, opt, batch, crop, precision, args.steps))
-    torch.set_num_threads(2)
-    base = {crop: max(results[(b, crop, "fp32", 2)]) for (b, crop, _, _) in settings}
-    print(f"N={args.N} M={args.M}, median step of {args.steps}, best of {args.rounds} rounds\n")
-    print("| batch × crop | precision | threads | samples/s | vs fp32 |")
-    print("|---|---|---|---|---|")
-    for (batch, crop, precision, threads), r in results.items():
-        sps = max(r)
-        print(f"| {batch} × {crop}² | {precision} | {threads} | {sps:.2f} | {sps / base[crop]:.2f}× |")
+        for s in SETTINGS:
+            batch, crop, precision, threads, tuned = s
+            env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+            env["PYTHONPATH"] = str(root)
+            if tuned:
+                env["GLIBC_TUNABLES"] = GLIBC
+            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps),
+                                  "--N", str(args.N), "--M", str(args.M),
+                                  "--child", json.dumps([batch, crop, precision, threads])],
+                                 env=env, capture_output=True, text=True, check=True)
+            results[s].append(float(out.stdout.strip().splitlines()[-1]))
+    print(f"N={args.N} M={args.M}; median of {args.steps} steps, best of {args.rounds} rounds\n")
+    print("| batch × crop | precision | threads | glibc malloc tuned | samples/s | vs plain fp32 |")
+    print("|---|---|---|---|---|---|")
+    for s, r in results.items():
+        batch, crop, precision, threads, tuned = s
+        base = max(results[(batch, crop, "fp32", 2, False)])
+        print(f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
+              f"{max(r):.2f} | {max(r) / base:.2f}× |")
 
 
 if __name__ == "__main__":

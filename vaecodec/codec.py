@@ -106,7 +106,7 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     tile, overlap = _geometry(height, width)
     tiles = []
     for top, left, h, w in tile_grid(height, width, tile, overlap):
-        x = torch.from_numpy(np.ascontiguousarray(rgb[top:top + h, left:left + w]))
+        x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
         s = model.compress(x, quality_milli / 1000)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],

@@ -873,7 +873,7 @@ def _parse_codecs_option(ctx, param, value):
     return parse_codecs(value)
 
 
-@click.command("benchmark")
+@click.command("benchmark", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None,
               help="Directory of images (PNG, PPM, BMP, TIFF, ...). Default: "

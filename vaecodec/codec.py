@@ -119,6 +119,25 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     return bitstream.pack(bitstream.Container(header, tuple(tiles), tuple(sections)))
 
 
+def _streams(t: "bitstream.TileStreams") -> dict:
+    """A container tile as the stream dict of :meth:`MeanScaleHyperprior.decompress`."""
+    return {"z_shape": t.z_shape, "y_shape": t.y_shape, "z_stream": t.z_stream,
+            "y_stream": t.y_stream, "escapes": t.escapes}
+
+
+def latent_digest(data: bytes, model=None) -> str:
+    """SHA-256 (hex) of a file's decoded latents: per tile ``z_hat`` as little-endian int64 then
+    ``y_hat`` as little-endian float32. Identical on every machine (see SPEC.md)."""
+    import hashlib
+    model = model or get_model(encoder=False)
+    h = hashlib.sha256()
+    for t in bitstream.unpack(data, expected_fingerprint=model.coding.fingerprint).tiles:
+        z_hat, y_hat = model.decode_latents(_streams(t))
+        h.update(z_hat.numpy().astype("<i8").tobytes())
+        h.update(y_hat.numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class Decoded:
     """Result of :func:`decompress_array`: ``rgb`` ``(H, W, 3)`` uint8 and the container."""
@@ -154,10 +173,8 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     band_top, band = 0, np.zeros((0, hd.width, 3), dtype=np.float32)
     row_tops = sorted({top for top, _, _, _ in grid})
     for (top, left, h, w), t in zip(grid, container.tiles):
-        streams = {"z_shape": t.z_shape, "y_shape": t.y_shape, "z_stream": t.z_stream,
-                   "y_stream": t.y_stream, "escapes": t.escapes}
         try:
-            x_hat = model.decompress(streams, quality)
+            x_hat = model.decompress(_streams(t), quality)
         except EntropyCodingError as exc:
             raise CodecError(f"file is damaged: {exc}") from None
         if rgb is None:

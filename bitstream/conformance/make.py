@@ -35,15 +35,8 @@ def source(height: int, width: int, mode: str) -> np.ndarray:
 
 
 def latent_sha256(model, data: bytes) -> str:
-    from vaecodec import bitstream
-    h = hashlib.sha256()
-    for t in bitstream.unpack(data).tiles:
-        z_hat, y_hat = model.decode_latents({"z_shape": t.z_shape, "y_shape": t.y_shape,
-                                             "z_stream": t.z_stream, "y_stream": t.y_stream,
-                                             "escapes": t.escapes})
-        h.update(z_hat.numpy().astype("<i8").tobytes())
-        h.update(y_hat.numpy().astype("<f4").tobytes())
-    return h.hexdigest()
+    from vaecodec.codec import latent_digest
+    return latent_digest(data, model)
 
 
 def decode_image(model, data: bytes):

@@ -229,16 +229,21 @@ def bd_rate(rate_ref: Sequence[float], psnr_ref: Sequence[float],
     interval the curves share, and ``exp(mean difference) - 1`` is reported. ``NaN`` when the
     curves have fewer than 2 usable points or do not overlap.
     """
-    p1, r1 = _curve(psnr_ref, _log(rate_ref))
-    p2, r2 = _curve(psnr_test, _log(rate_test))
-    if len(p1) < 2 or len(p2) < 2:
+    gap = _mean_gap(psnr_ref, _log(rate_ref), psnr_test, _log(rate_test))
+    return float((math.exp(gap) - 1.0) * 100.0)
+
+
+def _mean_gap(x_ref, y_ref, x_test, y_test) -> float:
+    """Mean of ``y_test(x) - y_ref(x)`` over the shared ``x`` interval, each curve interpolated
+    with PCHIP; ``NaN`` with fewer than 2 usable points or no overlap."""
+    x1, y1 = _curve(x_ref, y_ref)
+    x2, y2 = _curve(x_test, y_test)
+    if len(x1) < 2 or len(x2) < 2:
         return float("nan")
-    lo, hi = max(p1[0], p2[0]), min(p1[-1], p2[-1])
+    lo, hi = max(x1[0], x2[0]), min(x1[-1], x2[-1])
     if not hi > lo:
         return float("nan")
-    i1 = Pchip(p1, r1).integrate(lo, hi)
-    i2 = Pchip(p2, r2).integrate(lo, hi)
-    return float((math.exp((i2 - i1) / (hi - lo)) - 1.0) * 100.0)
+    return float((Pchip(x2, y2).integrate(lo, hi) - Pchip(x1, y1).integrate(lo, hi)) / (hi - lo))
 
 
 def bd_psnr(rate_ref: Sequence[float], psnr_ref: Sequence[float],
@@ -248,16 +253,7 @@ def bd_psnr(rate_ref: Sequence[float], psnr_ref: Sequence[float],
     PSNR is interpolated as a function of log-rate (PCHIP) over the shared rate interval.
     ``NaN`` when the curves have fewer than 2 usable points or do not overlap.
     """
-    r1, p1 = _curve(_log(rate_ref), psnr_ref)
-    r2, p2 = _curve(_log(rate_test), psnr_test)
-    if len(r1) < 2 or len(r2) < 2:
-        return float("nan")
-    lo, hi = max(r1[0], r2[0]), min(r1[-1], r2[-1])
-    if not hi > lo:
-        return float("nan")
-    i1 = Pchip(r1, p1).integrate(lo, hi)
-    i2 = Pchip(r2, p2).integrate(lo, hi)
-    return float((i2 - i1) / (hi - lo))
+    return _mean_gap(_log(rate_ref), psnr_ref, _log(rate_test), psnr_test)
 
 
 def psnr_at_bpp(rates: Sequence[float], psnrs: Sequence[float], target: float) -> float:

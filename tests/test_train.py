@@ -75,6 +75,7 @@ def test_learning_rate_warms_up_and_decays():
     assert learning_rate(cfg, 0, 0.0) == pytest.approx(1e-5)
     assert learning_rate(cfg, 500, 0.5) == pytest.approx(1e-3)
     assert learning_rate(cfg, 500, 1.0) == pytest.approx(2e-5)
+    assert learning_rate(cfg, 500, 0.9) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))   # half-way through the decay
 
 
 def test_ddp_gloo_two_processes(tmp_path, image_dir):

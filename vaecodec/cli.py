@@ -210,6 +210,8 @@ def info(file: Path):
 @click.option("--crop", type=int, default=128, show_default=True, help="Crop size in pixels.")
 @click.option("--batch", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--decay-fraction", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
+              help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")
 @click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
               help="bf16 autocast is ~1.8x faster on CPUs with AVX-512 BF16.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 DEMO   := build/demo
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test benchmark weights clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ test: install
 
 benchmark: install
 	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak
+
+# ship a training checkpoint: export (fresh entropy tables) and regenerate the conformance files
+CHECKPOINT ?= runs/main/checkpoint.safetensors
+weights: install
+	$(BIN)/vaecodec export $(CHECKPOINT) --out weights
+	$(BIN)/python bitstream/conformance/make.py
 
 clean:
 	rm -rf build $(DEMO) .pytest_cache

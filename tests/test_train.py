@@ -1,8 +1,10 @@
 """Trainer: a few real steps on a tiny model, resume, export with fresh tables, DDP (gloo, 2 procs)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -58,6 +60,30 @@ def test_train_resume_and_export(tmp_path, image_dir):
     x = torch.from_numpy(photo_crop(64, 128)).permute(2, 0, 1)[None].float() / 255
     s = loaded.compress(x, 2.5)
     assert loaded.decompress(s, 2.5).shape == x.shape
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, image_dir):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaecodec", "train", "--data", str(image_dir), "--out", str(out),
+         "--N", "16", "--M", "24", "--crop", "64", "--batch", "2", "--minutes", "10", "--threads", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error: interrupted" in stderr
+    steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        assert int(f.metadata()["step"]) == steps[-1] >= 1
+    assert "--resume" in stdout
 
 
 def test_export_refuses_empty_tables(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -196,8 +198,45 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float
 
 
 # ------------------------------------------------------------------------------------- loop
+class StopRequest:
+    """Turns the first SIGINT (Ctrl-C) or SIGTERM into a request to stop after the current step.
+
+    The loop then writes its checkpoint and :func:`train` raises ``KeyboardInterrupt``; a second
+    Ctrl-C interrupts at once. Handlers are installed only in the main thread and restored on exit.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train until ``cfg.minutes`` or ``cfg.max_steps``; returns the final checkpoint path."""
+    """Train until ``cfg.minutes`` or ``cfg.max_steps``; returns the final checkpoint path.
+
+    Ctrl-C or SIGTERM stops after the current step, writes the checkpoint (so ``--resume`` loses
+    nothing) and then raises ``KeyboardInterrupt``.
+    """
+    with StopRequest() as stop_request:
+        return _train(cfg, stop_request)
+
+
+def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -261,7 +300,7 @@ def train(cfg: TrainConfig) -> Path:
         frac = elapsed / budget if budget > 0 else 0.0
         if cfg.max_steps:
             frac = max(frac, (step - first_step) / cfg.max_steps)
-        stop = frac >= 1.0
+        stop = frac >= 1.0 or stop_request.requested
         if distributed:
             flag = torch.tensor([1.0 if stop else 0.0])
             dist.all_reduce(flag)
@@ -304,6 +343,10 @@ def train(cfg: TrainConfig) -> Path:
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
     if distributed:
         dist.destroy_process_group()
+    if stop_request.requested:
+        if rank == 0:
+            print(f"interrupted: continue with --resume --out {cfg.out}", flush=True)
+        raise KeyboardInterrupt
     return ckpt
 
 

@@ -40,8 +40,8 @@ class TrainConfig:
     out: str = "runs/train"
     N: int = 128
     M: int = 192
-    crop: int = 128
-    batch: int = 16
+    crop: int = 256
+    batch: int = 8
     lr: float = 5e-4
     warmup: int = 200
     minutes: float = 60.0

@@ -18,7 +18,10 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-GLIBC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from vaecodec.cli import GLIBC_FAST_MALLOC  # noqa: E402  (the setting the launcher uses)
+
 # (batch, crop, precision, threads, allocator setting)
 SETTINGS = [(16, 128, "fp32", 2, False), (16, 128, "fp32", 2, True), (16, 128, "bf16", 2, True),
             (16, 128, "bf16", 1, True), (8, 256, "fp32", 2, False), (8, 256, "bf16", 2, True)]
@@ -60,15 +63,14 @@ def main() -> None:
         b, c, p, t = json.loads(args.child)
         print(json.dumps(child(b, c, p, t, args.steps, args.N, args.M)))
         return
-    root = Path(__file__).resolve().parent.parent
     results: dict[tuple, list[float]] = {s: [] for s in SETTINGS}
     for _ in range(args.rounds):
         for s in SETTINGS:
             batch, crop, precision, threads, tuned = s
             env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-            env["PYTHONPATH"] = str(root)
+            env["PYTHONPATH"] = str(ROOT)
             if tuned:
-                env["GLIBC_TUNABLES"] = GLIBC
+                env["GLIBC_TUNABLES"] = GLIBC_FAST_MALLOC
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps),
                                   "--N", str(args.N), "--M", str(args.M),
                                   "--child", json.dumps([batch, crop, precision, threads])],

@@ -14,6 +14,7 @@ Alpha planes and ICC profiles travel losslessly as container sections (:mod:`vae
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -128,7 +129,6 @@ def _streams(t: "bitstream.TileStreams") -> dict:
 def latent_digest(data: bytes, model=None) -> str:
     """SHA-256 (hex) of a file's decoded latents: per tile ``z_hat`` as little-endian int64 then
     ``y_hat`` as little-endian float32. Identical on every machine (see SPEC.md)."""
-    import hashlib
     model = model or get_model(encoder=False)
     h = hashlib.sha256()
     for t in bitstream.unpack(data, expected_fingerprint=model.coding.fingerprint).tiles:

@@ -38,9 +38,15 @@ def test_train_resume_and_export(tmp_path, image_dir):
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["bpp"] > 0 for r in log)
+    # a run that logged steps 4-5 and died before its next checkpoint: resuming redoes them
+    with open(tmp_path / "run" / "log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 1.0}\n{"step": 5, "loss": 1.0}\n')
     ckpt = train(tiny(tmp_path / "run", image_dir, resume=True))
     with safe_open(str(ckpt), "pt") as f:
         assert f.metadata()["step"] == "6"
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[3]["loss"] != 1.0
 
     from vaecodec.train import load_checkpoint
     model = MeanScaleHyperprior(16, 24)

@@ -186,6 +186,19 @@ def load_checkpoint(path: Path, model, optimizer=None) -> int:
     return step
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Drop the JSONL log records after ``step`` (written after the last checkpoint by a run that
+    then crashed or was stopped), so a resumed run's log counts each step once. Atomic rewrite."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [l for l in lines if json.loads(l).get("step", 0) <= step] if lines else []
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float:
     """``step`` counts from the start of this run. Linear warm-up over ``warmup`` steps, constant, cosine decay to 2% over the final
     ``decay_fraction`` of the time (or step) budget."""
@@ -286,6 +299,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     else:
         autocast = nullcontext()
 
+    if rank == 0 and cfg.resume:
+        trim_log(out / "log.jsonl", step)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0:

@@ -27,8 +27,8 @@ def image_dir(tmp_path_factory):
 
 
 def tiny(out, data, **kw):
-    return TrainConfig(data=str(data), out=str(out), N=16, M=24, crop=64, batch=2, minutes=5,
-                       max_steps=3, val_every=1000, threads=1, **kw)
+    options = dict(N=16, M=24, crop=64, batch=2, minutes=5, max_steps=3, val_every=1000, threads=1)
+    return TrainConfig(data=str(data), out=str(out), **{**options, **kw})
 
 
 def test_train_resume_and_export(tmp_path, image_dir):
@@ -120,3 +120,38 @@ def test_ddp_gloo_two_processes(tmp_path, image_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     with safe_open(str(tmp_path / "ddp" / "checkpoint.safetensors"), "pt") as f:
         assert f.metadata()["step"] == "2"
+
+
+def test_set_lambdas_moves_gains_by_half_log_ratio():
+    model = MeanScaleHyperprior(16, 24)
+    old = model.lambdas.clone()
+    gain, inv = model.log_gain.detach().clone(), model.log_inv_gain.detach().clone()
+    new = old.clone()
+    new[0] = old[0] / 4
+    model.set_lambdas(new.tolist())
+    assert torch.allclose(model.lambdas, new)
+    assert torch.allclose(model.log_gain[0], gain[0] + 0.5 * np.log(0.25))
+    assert torch.allclose(model.log_inv_gain[0], inv[0] - 0.5 * np.log(0.25))
+    assert torch.equal(model.log_gain[1:], gain[1:])
+    with pytest.raises(ValueError, match="increasing"):
+        model.set_lambdas(list(reversed(new.tolist())))
+    with pytest.raises(ValueError, match="expected 8"):
+        model.set_lambdas([0.1, 0.2])
+
+
+def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_dir):
+    train(tiny(tmp_path / "run", image_dir, max_steps=1))
+    ladder = (0.0006, 0.002, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+    ckpt = train(tiny(tmp_path / "run", image_dir, max_steps=1, resume=True, lambdas=ladder))
+    from vaecodec.train import load_checkpoint
+    model = MeanScaleHyperprior(16, 24)
+    assert load_checkpoint(ckpt, model) == 2
+    assert torch.allclose(model.lambdas, torch.tensor(ladder))
+
+
+def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
+    from click.testing import CliRunner
+    from vaecodec.cli import main
+    for bad in ("0.1,0.2", "a,b,c,d,e,f,g,h", "8,7,6,5,4,3,2,1"):
+        r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--lambdas", bad])
+        assert r.exit_code == 2 and "--lambdas" in r.output, r.output

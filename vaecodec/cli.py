@@ -201,6 +201,19 @@ def info(file: Path):
                                              for s in c.sections) or "none"))
 
 
+def _lambdas_option(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    from .model import LAMBDAS
+    if len(values) != len(LAMBDAS) or min(values) <= 0 or any(b <= a for a, b in zip(values, values[1:])):
+        raise click.BadParameter(f"need {len(LAMBDAS)} positive, strictly increasing values")
+    return values
+
+
 @main.command()
 @click.option("--data", "data", type=click.Path(exists=True, file_okay=False), required=True,
               help="Folder of training images (never the evaluation set).")
@@ -226,6 +239,9 @@ def info(file: Path):
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch default).")
 @click.option("--N", "N", type=int, default=128, show_default=True, help="Filters.")
 @click.option("--M", "M", type=int, default=192, show_default=True, help="Latent channels.")
+@click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",
+              help="λ of each quality level (MSE on 0..255 values), comma-separated; overrides "
+                   "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Export weights to this folder when done (e.g. weights).")
 def train(export_dir, **options):

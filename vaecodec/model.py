@@ -29,7 +29,9 @@ from .transforms import (analysis_transform, hyper_analysis_transform, hyper_syn
 STRIDE = 64  # total downsampling of y (16) times z (4)
 
 # Rate-distortion trade-offs of the 8 integer quality levels (MSE on 0..255 pixel values);
-# the λ ladder of CompressAI's pretrained hyperprior models, spanning ~0.1-2 bpp on Kodak.
+# the λ ladder of CompressAI's pretrained hyperprior models, spanning ~0.1-2 bpp on Kodak once
+# trained to convergence. A less trained model spends more bits at each λ; the shipped weights
+# record their own ladder (``lambdas``), and ``vaecodec train --lambdas`` changes it.
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
@@ -61,6 +63,25 @@ class MeanScaleHyperprior(nn.Module):
     @property
     def num_qualities(self) -> int:
         return len(self.lambdas)
+
+    @torch.no_grad()
+    def set_lambdas(self, lambdas) -> None:
+        """Replace the λ ladder (one λ per quality level, increasing, MSE on 0..255 values).
+
+        Each changed level's log-gain moves by ½·log(λ_new/λ_old) (the high-rate optimum
+        quantisation step scales as 1/sqrt(λ)), so training continues near the new rate.
+        Raises ``ValueError`` if the count differs from ``num_qualities`` or the values are not
+        positive and strictly increasing.
+        """
+        new = torch.tensor([float(v) for v in lambdas], dtype=torch.float32)
+        if len(new) != self.num_qualities:
+            raise ValueError(f"expected {self.num_qualities} λ values, got {len(new)}")
+        if not (bool((new > 0).all()) and bool((new[1:] > new[:-1]).all())):
+            raise ValueError("λ values must be positive and strictly increasing")
+        shift = 0.5 * torch.log(new / self.lambdas.cpu()).to(self.log_gain.device)
+        self.log_gain.add_(shift[:, None])
+        self.log_inv_gain.sub_(shift[:, None])
+        self.lambdas.copy_(new.to(self.lambdas.device))
 
     def gains(self, quality: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gain and inverse gain ``(M,)`` for ``quality`` in ``[1, num_qualities]``.

@@ -55,6 +55,7 @@ class TrainConfig:
     resume: bool = False
     init: str = ""
     threads: int = 0
+    lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
 
 
 # ------------------------------------------------------------------------------------- data
@@ -290,6 +291,10 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             step = load_checkpoint(Path(cfg.init), model)
         if rank == 0:
             print(f"initialised from {cfg.init} (step {step})", flush=True)
+    if cfg.lambdas:
+        model.set_lambdas(cfg.lambdas)
+        if rank == 0:
+            print("λ ladder: " + ", ".join(f"{v:g}" for v in cfg.lambdas), flush=True)
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)

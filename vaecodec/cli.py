@@ -204,14 +204,11 @@ def info(file: Path):
 def _lambdas_option(ctx, param, value):
     if value is None:
         return None
+    from .model import check_lambdas
     try:
-        values = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    from .model import LAMBDAS
-    if len(values) != len(LAMBDAS) or min(values) <= 0 or any(b <= a for a, b in zip(values, values[1:])):
-        raise click.BadParameter(f"need {len(LAMBDAS)} positive, strictly increasing values")
-    return values
+        return check_lambdas(value.split(","))
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}") from None
 
 
 @main.command()

@@ -35,6 +35,17 @@ STRIDE = 64  # total downsampling of y (16) times z (4)
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
+def check_lambdas(lambdas, count: int = len(LAMBDAS)) -> tuple[float, ...]:
+    """A λ ladder as floats; raises ``ValueError`` unless it has ``count`` positive, strictly
+    increasing values."""
+    values = tuple(float(v) for v in lambdas)
+    if len(values) != count:
+        raise ValueError(f"expected {count} λ values, got {len(values)}")
+    if min(values) <= 0 or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("λ values must be positive and strictly increasing")
+    return values
+
+
 @dataclass
 class ForwardOutput:
     """Training forward pass: reconstruction ``(B,3,H,W)`` and likelihoods of ``y`` and ``z``."""
@@ -73,11 +84,7 @@ class MeanScaleHyperprior(nn.Module):
         Raises ``ValueError`` if the count differs from ``num_qualities`` or the values are not
         positive and strictly increasing.
         """
-        new = torch.tensor([float(v) for v in lambdas], dtype=torch.float32)
-        if len(new) != self.num_qualities:
-            raise ValueError(f"expected {self.num_qualities} λ values, got {len(new)}")
-        if not (bool((new > 0).all()) and bool((new[1:] > new[:-1]).all())):
-            raise ValueError("λ values must be positive and strictly increasing")
+        new = torch.tensor(check_lambdas(lambdas, self.num_qualities), dtype=torch.float32)
         shift = 0.5 * torch.log(new / self.lambdas.cpu()).to(self.log_gain.device)
         self.log_gain.add_(shift[:, None])
         self.log_inv_gain.sub_(shift[:, None])

@@ -193,7 +193,7 @@ def trim_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = [l for l in lines if json.loads(l).get("step", 0) <= step] if lines else []
+    kept = [l for l in lines if json.loads(l).get("step", 0) <= step]
     if len(kept) != len(lines):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(kept))

@@ -85,11 +85,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, image_dir):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "Error: interrupted" in stderr
+    assert "Traceback" not in stderr and "Error" not in stderr
     steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         assert int(f.metadata()["step"]) == steps[-1] >= 1
-    assert "--resume" in stdout
+    assert "interrupted: continue with --resume" in stdout
 
 
 def test_export_refuses_empty_tables(tmp_path, monkeypatch):

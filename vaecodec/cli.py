@@ -48,8 +48,9 @@ class FriendlyGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            if not getattr(exc, "reported", False):  # train's graceful stop has said what to do
+                click.echo("Error: interrupted", err=True)
             raise click.exceptions.Exit(130) from None
         except Exception as exc:
             if os.environ.get("VAECODEC_DEBUG"):

@@ -212,10 +212,19 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float
 
 
 # ------------------------------------------------------------------------------------- loop
+class TrainingStopped(KeyboardInterrupt):
+    """Raised by :func:`train` after a requested stop (Ctrl-C, SIGTERM) once the checkpoint is saved.
+
+    ``reported`` tells the CLI that the user has already been told how to resume.
+    """
+
+    reported = True
+
+
 class StopRequest:
     """Turns the first SIGINT (Ctrl-C) or SIGTERM into a request to stop after the current step.
 
-    The loop then writes its checkpoint and :func:`train` raises ``KeyboardInterrupt``; a second
+    The loop then writes its checkpoint and :func:`train` raises :class:`TrainingStopped`; a second
     Ctrl-C interrupts at once. Handlers are installed only in the main thread and restored on exit.
     """
 
@@ -244,7 +253,7 @@ def train(cfg: TrainConfig) -> Path:
     """Train until ``cfg.minutes`` or ``cfg.max_steps``; returns the final checkpoint path.
 
     Ctrl-C or SIGTERM stops after the current step, writes the checkpoint (so ``--resume`` loses
-    nothing) and then raises ``KeyboardInterrupt``.
+    nothing) and then raises :class:`TrainingStopped` (a ``KeyboardInterrupt``).
     """
     with StopRequest() as stop_request:
         return _train(cfg, stop_request)
@@ -366,7 +375,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     if stop_request.requested:
         if rank == 0:
             print(f"interrupted: continue with --resume --out {cfg.out}", flush=True)
-        raise KeyboardInterrupt
+        raise TrainingStopped
     return ckpt
 
 

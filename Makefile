@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 DEMO   := build/demo
 
-.PHONY: install demo test benchmark weights clean
+.PHONY: install demo test benchmark weights gpu-data clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ CHECKPOINT ?= runs/main/checkpoint.safetensors
 weights: install
 	$(BIN)/vaecodec export $(CHECKPOINT) --out weights
 	$(BIN)/python bitstream/conformance/make.py
+
+# a compact copy of the training folder (one 288² JPEG crop per image, ~23 MiB) to carry to a
+# borrowed GPU machine; README, "Training on a borrowed GPU"
+TRAIN_DATA ?= ../shared/data/train
+gpu-data: install
+	rm -rf .gpu/data
+	$(BIN)/python -m vaecodec.datapack $(TRAIN_DATA) .gpu/data
 
 clean:
 	rm -rf build $(DEMO) .pytest_cache

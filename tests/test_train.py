@@ -155,3 +155,48 @@ def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
     for bad in ("0.1,0.2", "a,b,c,d,e,f,g,h", "8,7,6,5,4,3,2,1"):
         r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--lambdas", bad])
         assert r.exit_code == 2 and "--lambdas" in r.output, r.output
+
+
+def test_cli_val_every_and_too_small_images(tmp_path, image_dir, monkeypatch):
+    from click.testing import CliRunner
+    from vaecodec.cli import GLIBC_FAST_MALLOC, main
+    monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)   # no re-exec inside the test process
+    tiny_args = ["--max-steps", "2", "--batch", "2", "--N", "16", "--M", "24", "--threads", "1"]
+    data = tmp_path / "data"   # validation uses 256² centre crops: the held-out image needs 256 px
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(photo_crop(256, 272, seed=11 * i)).save(data / f"img{i}.png")
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"),
+                                  "--crop", "64", "--val-every", "2", *tiny_args])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert ["val" in rec for rec in log] == [False, True]
+    assert 0 < log[1]["val"]["q4"]["bpp"] and 0 < log[1]["val"]["q4"]["psnr"] < 60
+    r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--out", str(tmp_path / "big"),
+                                  "--crop", "512", *tiny_args])
+    assert r.exit_code == 1 and "at least 512 px" in r.output, r.output
+
+
+def test_datapack_keeps_one_crop_of_every_image(tmp_path, image_dir):
+    import random
+    from vaecodec.datapack import pack
+    from vaecodec.train import list_images, split_validation
+    count, total = pack(image_dir, tmp_path / "packed", side=180, quality=95)
+    packed = list_images(tmp_path / "packed")
+    sources = list_images(image_dir)
+    assert count == len(sources) == 6 and total == sum(f.stat().st_size for f in packed)
+    # same stems in the same order: the trainer holds out the same validation images
+    assert [f.stem for f in split_validation(packed)[1]] == [f.stem for f in split_validation(sources)[1]]
+    rng = random.Random(0)
+    for src, f in zip(sources, packed):
+        with Image.open(f) as im:
+            assert im.format == "JPEG" and im.size == (180, 160)   # sources are 200 x 160
+            crop = np.asarray(im.convert("RGB"), dtype=float)
+        left, top = rng.randrange(200 - 180 + 1), rng.randrange(160 - 160 + 1)
+        ref = np.asarray(Image.open(src).convert("RGB"), dtype=float)[top:top + 160, left:left + 180]
+        assert 10 * np.log10(255**2 / np.mean((crop - ref) ** 2)) > 35   # the source's pixels, JPEG q95
+    with pytest.raises(FileExistsError):
+        pack(image_dir, tmp_path / "packed")
+    with pytest.raises(ValueError, match="budget"):
+        pack(image_dir, tmp_path / "small", side=180, max_bytes=10_000)
+    assert not (tmp_path / "small").exists()

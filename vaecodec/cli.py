@@ -234,6 +234,8 @@ def _lambdas_option(ctx, param, value):
               help="Start from a checkpoint file or an exported weights folder "
                    "(e.g. weights); fresh optimiser, step count carried on.")
 @click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Validate (real rate, PSNR on held-out training images) every this many steps.")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch default).")
 @click.option("--N", "N", type=int, default=128, show_default=True, help="Filters.")
 @click.option("--M", "M", type=int, default=192, show_default=True, help="Latent channels.")

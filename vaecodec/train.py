@@ -89,8 +89,9 @@ def load_uint8(files: list[Path], min_side: int) -> list[torch.Tensor]:
 
 
 def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
-    """Random crops with random horizontal/vertical flips, ``(batch, 3, crop, crop)`` in [0, 1]."""
-    out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8)
+    """Random crops with random horizontal/vertical flips, ``(batch, 3, crop, crop)`` in [0, 1],
+    on the device the images are on."""
+    out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8, device=images[0].device)
     for i in range(batch):
         im = images[rng.randrange(len(images))]
         top = rng.randrange(im.shape[1] - crop + 1)
@@ -279,6 +280,12 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     t0 = time.time()
     images = load_uint8(train_files, cfg.crop)
     val_images = load_uint8(val_files, 256)
+    if not images:
+        raise ValueError(f"no training image in {cfg.data} is at least {cfg.crop} px on each side")
+    if device.type == "cuda":
+        # crops are cut on the GPU: the host only picks offsets (uint8 copies, no transfers)
+        images = [im.to(device) for im in images]
+        torch.backends.cudnn.benchmark = True
     if rank == 0:
         print(f"loaded {len(images)} training and {len(val_images)} validation images "
               f"in {time.time() - t0:.0f}s", flush=True)

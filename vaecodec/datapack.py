@@ -36,6 +36,8 @@ def pack(src: str | Path, dst: str | Path, side: int = 288, quality: int = 90,
     if side < 1:
         raise ValueError(f"side must be positive, got {side}")
     files = list_images(src)
+    if len({f.stem for f in files}) != len(files):
+        raise ValueError(f"{src} holds several images with the same name stem")
     dst = Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError(f"{dst} is not empty")
@@ -55,8 +57,6 @@ def pack(src: str | Path, dst: str | Path, side: int = 288, quality: int = 90,
     if total > max_bytes:
         raise ValueError(f"{len(files)} packed images take {total / MIB:.1f} MiB, over the "
                          f"{max_bytes / MIB:.1f} MiB budget: lower --side or --quality")
-    if len({stem for stem, _ in encoded}) != len(encoded):
-        raise ValueError(f"{src} holds several images with the same name stem")
     dst.mkdir(parents=True, exist_ok=True)
     for stem, data in encoded:
         (dst / f"{stem}.jpg").write_bytes(data)
@@ -66,7 +66,7 @@ def pack(src: str | Path, dst: str | Path, side: int = 288, quality: int = 90,
 @click.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--side", type=int, default=288, show_default=True,
+@click.option("--side", type=click.IntRange(min=1), default=288, show_default=True,
               help="Crop side in pixels (at least the training crop, 256).")
 @click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True,
               help="JPEG quality (4:4:4).")

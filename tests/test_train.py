@@ -110,9 +110,31 @@ def test_learning_rate_warms_up_and_decays():
     assert learning_rate(cfg, 500, 0.9) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))   # half-way through the decay
 
 
+def test_auto_precision_follows_native_bf16(monkeypatch):
+    import vaecodec.train as t
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(t, "native_bf16", lambda device: False)
+    assert t.resolve_precision("auto", cpu)[0] == "fp32"
+    precision, why = t.resolve_precision("bf16", cpu)
+    assert precision == "bf16" and why.startswith("warning")
+    assert t.resolve_precision("fp32", cpu) == ("fp32", "as asked")
+    monkeypatch.setattr(t, "native_bf16", lambda device: True)
+    assert t.resolve_precision("auto", cpu)[0] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        t.resolve_precision("fp16", cpu)
+
+
+def test_no_native_bf16_on_an_avx2_cpu():
+    """On an AVX2-only CPU, bf16 convolutions run on reference kernels (~80x slower)."""
+    from vaecodec.train import native_bf16
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":
+        pytest.skip("this CPU has AVX-512 (or no AVX2)")
+    assert not native_bf16(torch.device("cpu"))
+
+
 def test_ddp_gloo_two_processes(tmp_path, image_dir):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "vaecodec", "train", "--data", str(image_dir),
+    # --standalone: torchrun picks a free port, so overlapping runs cannot collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaecodec", "train", "--data", str(image_dir),
            "--out", str(tmp_path / "ddp"), "--max-steps", "2", "--crop", "64", "--batch", "2",
            "--N", "16", "--M", "24", "--threads", "1", "--precision", "fp32"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -225,8 +225,11 @@ def _lambdas_option(ctx, param, value):
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--decay-fraction", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="bf16 autocast is ~1.8x faster on CPUs with AVX-512 BF16.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+              show_default=True,
+              help="auto: bf16 autocast where the device computes bf16 natively (~1.8x faster "
+                   "on CPUs with AVX-512 BF16), fp32 elsewhere (bf16 on an AVX2-only CPU is "
+                   "~80x slower).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")

@@ -4,9 +4,9 @@ Loss per sample (Ballé et al. 2018; Cui et al. 2021 for the per-level λ):
 ``bpp(y~, z~) + λ_q · 255² · MSE(x, x_hat)`` where ``bpp = -log2 p / (H·W)`` of the noisy
 latents and ``q`` is a quality level drawn uniformly per sample.
 
-Runs on CPU (bf16 autocast where the CPU computes bf16 natively), CUDA, or several processes under ``torchrun`` (DDP,
-gloo on CPU, NCCL on CUDA). Checkpoints are safetensors files holding the model, the Adam state
-and the step counter; ``--resume`` continues from the newest one.
+Runs on CPU (bf16 autocast where the CPU computes bf16 natively), CUDA, or several processes
+under ``torchrun`` (DDP, gloo on CPU, NCCL on CUDA). Checkpoints are safetensors files holding
+the model, the Adam state and the step counter; ``--resume`` continues from the newest one.
 """
 from __future__ import annotations
 

@@ -104,13 +104,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for s, r in results.items():
         batch, crop, precision, threads, tuned = s
+        row = f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
         if not r:
-            print(f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
-                  f"skipped: no native bf16 | |")
+            print(row + "skipped: no native bf16 | |")
             continue
         base = max(results[(batch, crop, "fp32", 2, False)])
-        print(f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
-              f"{max(r):.2f} | {max(r) / base:.2f}× |")
+        print(row + f"{max(r):.2f} | {max(r) / base:.2f}× |")
 
 
 if __name__ == "__main__":

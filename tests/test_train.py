@@ -134,7 +134,8 @@ def test_no_native_bf16_on_an_avx2_cpu():
 
 def test_ddp_gloo_two_processes(tmp_path, image_dir):
     # --standalone: torchrun picks a free port, so overlapping runs cannot collide
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaecodec", "train", "--data", str(image_dir),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vaecodec", "train", "--data", str(image_dir),
            "--out", str(tmp_path / "ddp"), "--max-steps", "2", "--crop", "64", "--batch", "2",
            "--N", "16", "--M", "24", "--threads", "1", "--precision", "fp32"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -323,6 +323,7 @@ def test_file_from_other_weights_is_refused(photo_vae, tmp_path):
     (30_000, 30_000, None, ("tiling does not match",)),          # under the pixel limit: lies
     (30_000, 30_000, (1024, 64), ("tiles", "needs")),           # consistent tiling, 1 tile
     (1000, 700, None, ("latent shape",)),                       # plausible, wrong tile shape
+    (2048, 2048, (64, 63), ("tiling does not match",)),         # a 4-million-tile grid
 ])
 def test_absurd_dimensions_are_refused_before_allocating(photo_vae, tmp_path, height, width,
                                                          tile, fragments):
@@ -386,8 +387,36 @@ def test_help_of_every_command():
     assert "FILE" in cli("info", "--help").stdout
 
 
-def test_bad_quality_is_a_usage_error(small_png, tmp_path):
-    result = cli("compress", small_png, tmp_path / "x.vae", "--quality", "9")
+@pytest.mark.parametrize("quality", ["9", "0.5", "nan", "inf"])
+def test_bad_quality_is_a_usage_error(small_png, tmp_path, quality):
+    result = cli("compress", small_png, tmp_path / "x.vae", "--quality", quality)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--quality" in result.stderr
     assert listing(tmp_path) == []
+
+
+def test_side_longer_than_the_format_allows_is_refused_before_coding(tmp_path, monkeypatch):
+    src = tmp_path / "long.png"
+    Image.new("RGB", (bitstream.MAX_SIDE + 1, 1), (90, 120, 200)).save(src)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an image the format cannot hold")
+    monkeypatch.setattr(codec, "get_model", no_model)
+    assert_refused(cli("compress", src, tmp_path / "out.vae"), "too large",
+                   str(bitstream.MAX_SIDE))
+    assert listing(tmp_path) == ["long.png"]
+    with pytest.raises(codec.CodecError, match="too large"):
+        codec.compress_array(np.zeros((1, bitstream.MAX_SIDE + 1, 3), np.uint8))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+@pytest.mark.parametrize("command", ["info", "decompress"])
+def test_endless_non_vae_input_is_refused_without_reading_it(tmp_path, command):
+    args = ["info", "/dev/zero"] if command == "info" else [command, "/dev/zero", tmp_path / "o.png"]
+    tracemalloc.start()
+    try:
+        assert_refused(cli(*args), "not a vaecodec file")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20

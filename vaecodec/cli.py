@@ -91,14 +91,27 @@ def _progress(total: int, desc: str):
 
 
 def _read_input_bytes(path: Path) -> bytes:
+    """The bytes of a .vae file (a pipe works too). The magic bytes are checked before the rest
+    is read, so a wrong file (a video, /dev/zero) is refused without reading it into memory."""
+    from .bitstream import MAGIC
     if not path.exists():
         raise click.ClickException(f"no such file: {path}")
     if path.is_dir():
         raise click.ClickException(f"{path} is a directory, not a .vae file")
-    data = path.read_bytes()
-    if not data:
-        raise click.ClickException(f"{path} is empty")
-    return data
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC))
+        if not head:
+            raise click.ClickException(f"{path} is empty")
+        if len(head) == len(MAGIC) and head != MAGIC:
+            raise click.ClickException(f"{path}: not a vaecodec file (bad magic bytes)")
+        return head + f.read()
+
+
+def _finite_quality(ctx, param, value: float) -> float:
+    """Click callback: FloatRange lets NaN through (every comparison with it is false)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not in the range 1<=x<=8.")
+    return value
 
 
 def _check_output(output: Path, force: bool, image: bool = False) -> None:
@@ -118,6 +131,7 @@ def _check_output(output: Path, force: bool, image: bool = False) -> None:
 @click.argument("input", type=click.Path(), callback=_path_argument)
 @click.argument("output", type=click.Path(), callback=_path_argument)
 @click.option("-q", "--quality", type=click.FloatRange(1, 8), default=4.0, show_default=True,
+              callback=_finite_quality,
               help="1 (smallest file) to 8 (best quality), in steps of 0.001; "
                    "fractions interpolate between the trained levels.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
@@ -129,6 +143,8 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     imageio.check_distinct(input, output)
     _check_output(output, force)
     rgb, meta = imageio.read_image(input)
+    h, w = rgb.shape[:2]
+    codec.check_size(h, w)
     if output.suffix.lower() != ".vae":
         meta.notices.append(f"{output} does not end in .vae (it will hold a .vae stream)")
     for notice in meta.notices:
@@ -139,8 +155,7 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     if meta.alpha is not None:
         sections.append(bitstream.Section(2, meta.alpha))
     model = codec.get_model(str(weights) if weights else None)
-    h, w = rgb.shape[:2]
-    with _progress(len(codec.tile_grid(h, w, *codec._geometry(h, w))), "compress") as update:
+    with _progress(codec.tile_count(h, w), "compress") as update:
         start = time.perf_counter()
         data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
                                     model=model, progress=update)
@@ -164,8 +179,9 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     data = _read_input_bytes(input)
     model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)
-    grid = codec.tile_grid(header.height, header.width, header.tile_size, header.tile_overlap)
-    with _progress(len(grid), "decompress") as update:
+    # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
+    # differs before it allocates anything
+    with _progress(codec.tile_count(header.height, header.width), "decompress") as update:
         start = time.perf_counter()
         decoded = codec.decompress_array(data, model=model, progress=update)
         seconds = time.perf_counter() - start
@@ -197,7 +213,7 @@ def info(file: Path):
                                                  if h.tile_size else "") + "\n"
                f"latents:     M={h.latent_channels} N={h.hyper_channels}\n"
                f"weights:     {h.fingerprint.hex()}\n"
-               f"format:      version {bitstream.VERSION}\n"
+               f"format:      version {data[4]}\n"
                f"sections:    " + (", ".join(f"{kinds.get(s.kind, s.kind)} ({len(s.data):,} bytes)"
                                              for s in c.sections) or "none"))
 

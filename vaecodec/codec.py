@@ -87,13 +87,34 @@ def _geometry(height: int, width: int) -> tuple[int, int]:
     return TILE, OVERLAP
 
 
+def check_size(height: int, width: int) -> None:
+    """Refuse an image size a ``.vae`` file cannot hold (each side 1..:data:`bitstream.MAX_SIDE`
+    px, at most :data:`bitstream.MAX_PIXELS` pixels), before any coding work.
+
+    Raises:
+        CodecError: one-line message naming the limit.
+    """
+    if not (1 <= height <= bitstream.MAX_SIDE and 1 <= width <= bitstream.MAX_SIDE):
+        raise CodecError(f"image {width}x{height} is too large for a .vae file: each side must "
+                         f"be 1..{bitstream.MAX_SIDE} px")
+    if height * width > bitstream.MAX_PIXELS:
+        raise CodecError(f"image {width}x{height} is too large for a .vae file: at most "
+                         f"{bitstream.MAX_PIXELS} pixels")
+
+
+def tile_count(height: int, width: int) -> int:
+    """Number of tiles :func:`compress_array` codes an ``height x width`` image in."""
+    return len(tile_grid(height, width, *_geometry(height, width)))
+
+
 def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
                    sections: tuple = (), model=None, progress=None) -> bytes:
     """Code an ``(H, W, 3)`` uint8 RGB array into ``.vae`` bytes.
 
     ``quality`` in ``[1, 8]`` (fractional allowed, stored in thousandths); ``mode`` is the mode
     to restore on decode ("RGB", "L", "RGBA", "LA"); ``sections`` are :class:`bitstream.Section`
-    side data. ``progress(n)`` is called after each tile. Raises :class:`CodecError`.
+    side data. ``progress(n)`` is called after each tile. Raises :class:`CodecError` (also
+    for a size a ``.vae`` file cannot hold, see :func:`check_size`, before any coding).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
@@ -102,8 +123,9 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     quality_milli = round(float(quality) * 1000)
     if not 1000 <= quality_milli <= 8000:
         raise CodecError(f"quality must be between 1 and 8, got {quality}")
-    model = model or get_model()
     height, width = rgb.shape[:2]
+    check_size(height, width)
+    model = model or get_model()
     tile, overlap = _geometry(height, width)
     tiles = []
     for top, left, h, w in tile_grid(height, width, tile, overlap):

@@ -24,7 +24,7 @@ __all__ = [
     "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
     "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
-    "pack", "unpack", "peek_header",
+    "pack", "unpack", "peek_header", "size_problem", "check_magic",
 ]
 
 MAGIC = b"VAEC"
@@ -177,18 +177,34 @@ def _int_in(name: str, value, lo: int, hi: int) -> str | None:
     return None
 
 
+def size_problem(height, width) -> str | None:
+    """Why a ``.vae`` file cannot hold a ``height x width`` image (sides 1..:data:`MAX_SIDE`,
+    at most :data:`MAX_PIXELS` pixels), as a one-line message, or None if it can."""
+    for problem in (
+        _int_in("image height", height, 1, MAX_SIDE),
+        _int_in("image width", width, 1, MAX_SIDE),
+    ):
+        if problem:
+            return problem
+    if operator.index(height) * operator.index(width) > MAX_PIXELS:
+        return (f"image size {width}x{height} exceeds the limit of {MAX_PIXELS} pixels")
+    return None
+
+
+def check_magic(head: bytes) -> None:
+    """Refuse a file whose first 4 bytes ``head`` are not :data:`MAGIC`; lets a caller refuse a
+    wrong file before reading all of it. Raises :class:`BitstreamError`."""
+    if bytes(head) != MAGIC:
+        raise BitstreamError("not a vaecodec file (bad magic bytes)")
+
+
 def _header_problem(h: Header) -> str | None:
     """The first thing wrong with ``h`` (as a message), or None if it is valid."""
     if not isinstance(h.fingerprint, (bytes, bytearray)) or len(h.fingerprint) != 8:
         return f"fingerprint must be exactly 8 bytes, got {h.fingerprint!r}"
-    for problem in (
-        _int_in("image height", h.height, 1, MAX_SIDE),
-        _int_in("image width", h.width, 1, MAX_SIDE),
-    ):
-        if problem:
-            return problem
-    if operator.index(h.height) * operator.index(h.width) > MAX_PIXELS:
-        return (f"image size {h.width}x{h.height} exceeds the limit of {MAX_PIXELS} pixels")
+    problem = size_problem(h.height, h.width)
+    if problem:
+        return problem
     if h.mode not in MODES:
         return f"image mode {h.mode!r} is not one of {', '.join(MODES)}"
     problem = _int_in("quality_milli", h.quality_milli, QUALITY_MILLI_MIN, QUALITY_MILLI_MAX)
@@ -337,8 +353,7 @@ def _check_envelope(data) -> memoryview:
     view = memoryview(data).cast("B")  # TypeError for non-bytes-like input (a caller bug)
     if len(view) < MIN_FILE_SIZE:
         raise BitstreamError("file is truncated or not a .vae file")
-    if bytes(view[:4]) != MAGIC:
-        raise BitstreamError("not a vaecodec file (bad magic bytes)")
+    check_magic(view[:4])
     version = view[4]
     if version > VERSION:
         raise BitstreamError(

@@ -94,12 +94,9 @@ def check_size(height: int, width: int) -> None:
     Raises:
         CodecError: one-line message naming the limit.
     """
-    if not (1 <= height <= bitstream.MAX_SIDE and 1 <= width <= bitstream.MAX_SIDE):
-        raise CodecError(f"image {width}x{height} is too large for a .vae file: each side must "
-                         f"be 1..{bitstream.MAX_SIDE} px")
-    if height * width > bitstream.MAX_PIXELS:
-        raise CodecError(f"image {width}x{height} is too large for a .vae file: at most "
-                         f"{bitstream.MAX_PIXELS} pixels")
+    problem = bitstream.size_problem(height, width)
+    if problem:
+        raise CodecError(f"image {width}x{height} is too large for a .vae file: {problem}")
 
 
 def tile_count(height: int, width: int) -> int:

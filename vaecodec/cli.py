@@ -110,7 +110,8 @@ def _read_input_bytes(path: Path) -> bytes:
 def _finite_quality(ctx, param, value: float) -> float:
     """Click callback: FloatRange lets NaN through (every comparison with it is false)."""
     if value != value:
-        raise click.BadParameter(f"{value} is not in the range 1<=x<=8.")
+        low, high = param.type.min, param.type.max
+        raise click.BadParameter(f"{value} is not in the range {low}<=x<={high}.")
     return value
 
 

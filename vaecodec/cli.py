@@ -6,6 +6,7 @@ and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see o
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -107,12 +108,15 @@ def _read_input_bytes(path: Path) -> bytes:
         return head + f.read()
 
 
-def _finite_quality(ctx, param, value: float) -> float:
-    """Click callback: FloatRange lets NaN through (every comparison with it is false)."""
-    if value != value:
-        low, high = param.type.min, param.type.max
-        raise click.BadParameter(f"{value} is not in the range {low}<=x<={high}.")
-    return value
+class _FiniteFloatRange(click.FloatRange):
+    """A closed FloatRange that also refuses NaN, which click's lets through (every comparison
+    with NaN is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{number} is not in the range {self.min}<=x<={self.max}.", param, ctx)
+        return number
 
 
 def _check_output(output: Path, force: bool, image: bool = False) -> None:
@@ -131,8 +135,7 @@ def _check_output(output: Path, force: bool, image: bool = False) -> None:
 @main.command()
 @click.argument("input", type=click.Path(), callback=_path_argument)
 @click.argument("output", type=click.Path(), callback=_path_argument)
-@click.option("-q", "--quality", type=click.FloatRange(1, 8), default=4.0, show_default=True,
-              callback=_finite_quality,
+@click.option("-q", "--quality", type=_FiniteFloatRange(1, 8), default=4.0, show_default=True,
               help="1 (smallest file) to 8 (best quality), in steps of 0.001; "
                    "fractions interpolate between the trained levels.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")

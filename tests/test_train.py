@@ -180,6 +180,18 @@ def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
         assert r.exit_code == 2 and "--lambdas" in r.output, r.output
 
 
+@pytest.mark.parametrize("fraction", ["nan", "1.5", "-0.1"])
+def test_cli_rejects_a_decay_fraction_outside_0_to_1(tmp_path, image_dir, fraction, monkeypatch):
+    from click.testing import CliRunner
+    from vaecodec.cli import GLIBC_FAST_MALLOC, main
+    monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)   # no re-exec inside the test process
+    r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--out", str(tmp_path / "run"),
+                                  "--max-steps", "1", "--batch", "2", "--N", "16", "--M", "24",
+                                  "--crop", "64", "--threads", "1", "--decay-fraction", fraction])
+    assert r.exit_code == 2 and "--decay-fraction" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_val_every_and_too_small_images(tmp_path, image_dir, monkeypatch):
     from click.testing import CliRunner
     from vaecodec.cli import GLIBC_FAST_MALLOC, main

@@ -243,7 +243,7 @@ def _lambdas_option(ctx, param, value):
                    "crop sit at its border; photos are mostly interior.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Crops per step.")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
-@click.option("--decay-fraction", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
+@click.option("--decay-fraction", type=_FiniteFloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
               show_default=True,

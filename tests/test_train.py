@@ -180,15 +180,25 @@ def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
         assert r.exit_code == 2 and "--lambdas" in r.output, r.output
 
 
-@pytest.mark.parametrize("fraction", ["nan", "1.5", "-0.1"])
-def test_cli_rejects_a_decay_fraction_outside_0_to_1(tmp_path, image_dir, fraction, monkeypatch):
+@pytest.mark.parametrize("option,value", [
+    ("--decay-fraction", "nan"), ("--decay-fraction", "1.5"), ("--decay-fraction", "-0.1"),
+    ("--lr", "nan"), ("--lr", "-1e-4"), ("--lr", "0"), ("--lr", "inf"),
+    ("--minutes", "nan"), ("--minutes", "-5"), ("--checkpoint-minutes", "0"),
+    ("--batch", "0"), ("--crop", "32"), ("--crop", "100"), ("--max-steps", "-1"),
+    ("--threads", "-2"), ("--N", "0"), ("--M", "-1"),
+])
+def test_cli_refuses_a_bad_training_option_before_any_work(tmp_path, image_dir, option, value,
+                                                            monkeypatch):
+    """Each of these used to be accepted (NaN weights, a 0-sample batch, a silently ignored
+    budget) or to end in an 'internal error' deep in torch."""
     from click.testing import CliRunner
     from vaecodec.cli import GLIBC_FAST_MALLOC, main
     monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)   # no re-exec inside the test process
+    args = {"--max-steps": "1", "--batch": "2", "--N": "16", "--M": "24", "--crop": "64",
+            "--threads": "1", option: value}
     r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--out", str(tmp_path / "run"),
-                                  "--max-steps", "1", "--batch", "2", "--N", "16", "--M", "24",
-                                  "--crop", "64", "--threads", "1", "--decay-fraction", fraction])
-    assert r.exit_code == 2 and "--decay-fraction" in r.output, r.output
+                                  *[x for kv in args.items() for x in kv]])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
     assert not (tmp_path / "run").exists()
 
 

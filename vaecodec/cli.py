@@ -109,14 +109,25 @@ def _read_input_bytes(path: Path) -> bytes:
 
 
 class _FiniteFloatRange(click.FloatRange):
-    """A closed FloatRange that also refuses NaN, which click's lets through (every comparison
-    with NaN is false)."""
+    """A FloatRange that also refuses NaN and ±inf: click's lets NaN through (every comparison
+    with NaN is false), and an infinite learning rate or budget is never meant."""
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
-        if math.isnan(number):
-            self.fail(f"{number} is not in the range {self.min}<=x<={self.max}.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number in the range {self._describe_range()}.",
+                      param, ctx)
         return number
+
+
+def _crop_option(ctx, param, value):
+    if value % 64:   # the analysis and hyper-analysis transforms downsample by 64 in all
+        raise click.BadParameter(f"{value} is not a multiple of 64 "
+                                 f"(try {max(64, value // 64 * 64)}).")
+    return value
+
+
+_POSITIVE = _FiniteFloatRange(min=0, min_open=True)
 
 
 def _check_output(output: Path, force: bool, image: bool = False) -> None:
@@ -236,13 +247,16 @@ def _lambdas_option(ctx, param, value):
 @click.option("--data", "data", type=click.Path(exists=True, file_okay=False), required=True,
               help="Folder of training images (never the evaluation set).")
 @click.option("--out", default="runs/train", show_default=True, help="Run folder: log, checkpoint.")
-@click.option("--minutes", type=float, default=60.0, show_default=True, help="Time budget.")
-@click.option("--max-steps", type=int, default=0, help="Stop after this many steps (0: no limit).")
-@click.option("--crop", type=int, default=256, show_default=True,
-              help="Crop size in pixels. 128 is faster early on, but most latents of a 128² "
-                   "crop sit at its border; photos are mostly interior.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Crops per step.")
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--minutes", type=_POSITIVE, default=60.0, show_default=True, help="Time budget.")
+@click.option("--max-steps", type=click.IntRange(min=0), default=0,
+              help="Stop after this many steps (0: no limit).")
+@click.option("--crop", type=click.IntRange(min=64), default=256, show_default=True,
+              callback=_crop_option,
+              help="Crop size in pixels, a multiple of 64. 128 is faster early on, but most "
+                   "latents of a 128² crop sit at its border; photos are mostly interior.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Crops per step.")
+@click.option("--lr", type=_POSITIVE, default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--decay-fraction", type=_FiniteFloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
@@ -256,12 +270,15 @@ def _lambdas_option(ctx, param, value):
 @click.option("--init", type=click.Path(exists=True), default=None,
               help="Start from a checkpoint file or an exported weights folder "
                    "(e.g. weights); fresh optimiser, step count carried on.")
-@click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True)
+@click.option("--checkpoint-minutes", type=_POSITIVE, default=5.0, show_default=True)
 @click.option("--val-every", type=click.IntRange(min=1), default=500, show_default=True,
               help="Validate (real rate, PSNR on held-out training images) every this many steps.")
-@click.option("--threads", type=int, default=0, help="torch CPU threads (0: torch default).")
-@click.option("--N", "N", type=int, default=128, show_default=True, help="Filters.")
-@click.option("--M", "M", type=int, default=192, show_default=True, help="Latent channels.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch CPU threads (0: torch default).")
+@click.option("--N", "N", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Filters.")
+@click.option("--M", "M", type=click.IntRange(min=1), default=192, show_default=True,
+              help="Latent channels.")
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",
               help="λ of each quality level (MSE on 0..255 values), comma-separated; overrides "
                    "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")

@@ -120,9 +120,10 @@ class _FiniteFloatRange(click.FloatRange):
 
 
 def _crop_option(ctx, param, value):
-    if value % 64:   # the analysis and hyper-analysis transforms downsample by 64 in all
-        raise click.BadParameter(f"{value} is not a multiple of 64 "
-                                 f"(try {max(64, value // 64 * 64)}).")
+    from .model import STRIDE   # the transforms' total downsampling (y by 16, z by 4 more)
+    if value < STRIDE or value % STRIDE:
+        raise click.BadParameter(f"{value} is not a positive multiple of {STRIDE} "
+                                 f"(try {max(STRIDE, value // STRIDE * STRIDE)}).")
     return value
 
 
@@ -249,7 +250,7 @@ def _lambdas_option(ctx, param, value):
 @click.option("--minutes", type=_POSITIVE, default=60.0, show_default=True, help="Time budget.")
 @click.option("--max-steps", type=click.IntRange(min=0), default=0,
               help="Stop after this many steps (0: no limit).")
-@click.option("--crop", type=click.IntRange(min=64), default=256, show_default=True,
+@click.option("--crop", type=int, default=256, show_default=True,
               callback=_crop_option,
               help="Crop size in pixels, a multiple of 64. 128 is faster early on, but most "
                    "latents of a 128² crop sit at its border; photos are mostly interior.")

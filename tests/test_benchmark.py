@@ -252,3 +252,19 @@ def test_reuse_keeps_earlier_measurements(small_dataset, tmp_path):
     # timings are never reproduced by a new measurement: equal lists mean they were kept
     assert jpeg["results"]["encoding_time"] == first["results"][0]["results"]["encoding_time"]
     assert {e["codec"] for e in again["results"]} == {"jpeg", "webp"}
+
+
+def test_head_to_head_ranks_two_codecs_directly():
+    # vaecodec spends 10 % more bits than WebP for the same PSNR everywhere: +10 % head to head,
+    # whatever each one's BD-rate against JPEG over its own overlap with JPEG says.
+    webp_bpp, psnr = [0.2, 0.4, 0.8, 1.6], [28.0, 31.0, 34.0, 37.0]
+    entries = [
+        {"codec": "vaecodec", "name": "vaecodec",
+         "results": {"bpp": [1.1 * b for b in webp_bpp], "psnr-rgb": psnr}},
+        {"codec": "webp", "name": "WebP", "results": {"bpp": webp_bpp, "psnr-rgb": psnr}},
+    ]
+    h2h = benchmark.head_to_head(entries)
+    assert list(h2h) == ["webp"]
+    assert h2h["webp"]["bd_rate_psnr_pct"] == pytest.approx(10.0, abs=1e-6)
+    assert h2h["webp"]["bd_psnr_db"] < 0
+    assert benchmark.head_to_head(entries[1:]) == {}

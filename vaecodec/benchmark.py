@@ -32,7 +32,8 @@ Outputs in the output directory:
   ``{"name", "description", "codec", "qualities", "results": {"bpp", "psnr-rgb", "ms-ssim-rgb",
   "encoding_time", "decoding_time"}}``, points ordered by increasing bpp;
 - ``per-image.json`` and ``per-image.csv``: every (image, codec, quality) measurement;
-- ``report.md``: BD tables, PSNR at fixed rates, per-quality tables;
+- ``report.md``: BD tables (against JPEG, and vaecodec head to head), PSNR at fixed rates,
+  per-quality tables;
 - ``rd-psnr.png`` and ``rd-msssim.png``: the rate-distortion curves.
 
 Command line: ``vaecodec benchmark`` (:data:`benchmark_command`) or ``python benchmarks/rd.py``.
@@ -589,7 +590,24 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
             "bd_rate_msssim_pct": metrics.bd_rate(rr["bpp"], _msssim_db(rr["ms-ssim-rgb"]),
                                                   r["bpp"], _msssim_db(r["ms-ssim-rgb"])),
         }
-    return {"anchor": anchor if ref is not None else None, "bd": bd, "psnr_at_bpp": at}
+    return {"anchor": anchor if ref is not None else None, "bd": bd, "psnr_at_bpp": at,
+            "head_to_head": head_to_head(entries)}
+
+
+def head_to_head(entries: list[dict[str, Any]], subject: str = "vaecodec") -> dict[str, dict]:
+    """BD-rate (%) and BD-PSNR (dB) of ``subject`` against every other codec directly, over the
+    rate range the two curves share (PSNR-RGB). Anchored BD-rates (each codec vs JPEG, each over
+    its own overlap with JPEG) cannot be subtracted to rank two codecs; these can.
+    ``{}`` when ``subject`` was not run."""
+    test = next((e["results"] for e in entries if e["codec"] == subject), None)
+    if test is None:
+        return {}
+    return {e["codec"]: {
+        "bd_rate_psnr_pct": metrics.bd_rate(e["results"]["bpp"], e["results"]["psnr-rgb"],
+                                            test["bpp"], test["psnr-rgb"]),
+        "bd_psnr_db": metrics.bd_psnr(e["results"]["bpp"], e["results"]["psnr-rgb"],
+                                      test["bpp"], test["psnr-rgb"]),
+    } for e in entries if e["codec"] != subject}
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,6 +713,20 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
         lines.append("")
     else:
         lines += [f"_No BD tables: the anchor codec ({ANCHOR}) was not run._", ""]
+    if summary.get("head_to_head"):
+        subject = next(e["name"] for e in entries if e["codec"] not in summary["head_to_head"])
+        lines += [f"## {subject} head to head", "",
+                  f"Bjøntegaard deltas of {subject} against each codec directly, over the rates "
+                  f"the two curves share (negative BD-rate = {subject} needs fewer bits). The "
+                  "anchored table above measures each codec against JPEG over its own overlap "
+                  "with JPEG, so its rows cannot be subtracted to rank two codecs.", "",
+                  f"| {subject} vs | BD-rate PSNR [%] | BD-PSNR [dB] |", "| --- | ---: | ---: |"]
+        for e in entries:
+            b = summary["head_to_head"].get(e["codec"])
+            if b is not None:
+                lines.append(f"| {e['name']} | {_fmt(b['bd_rate_psnr_pct'], 1, True)} | "
+                             f"{_fmt(b['bd_psnr_db'], 2, True)} |")
+        lines.append("")
     targets = [str(t) for t in BPP_TARGETS]
     lines += ["## PSNR-RGB at fixed rates", "",
               "Interpolated on each mean curve; `–` = outside the codec's rate range.", "",
@@ -863,6 +895,7 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
         "anchor": summary["anchor"],
         "bd": summary["bd"],
         "psnr_at_bpp": summary["psnr_at_bpp"],
+        "head_to_head": summary["head_to_head"],
         "skipped": skipped,
         "errors": errors,
         "files": {k: str(v) for k, v in files.items()},

@@ -268,3 +268,17 @@ def test_head_to_head_ranks_two_codecs_directly():
     assert h2h["webp"]["bd_rate_psnr_pct"] == pytest.approx(10.0, abs=1e-6)
     assert h2h["webp"]["bd_psnr_db"] < 0
     assert benchmark.head_to_head(entries[1:]) == {}
+
+
+def test_report_ranks_vaecodec_head_to_head(small_dataset, tmp_path):
+    res = benchmark.run_benchmark(small_dataset, ["vaecodec", "jpeg"], tmp_path / "o",
+                                  progress=False)
+    h2h = res["head_to_head"]
+    assert list(h2h) == ["jpeg"]
+    # against the anchor itself, the head-to-head number is the anchored one
+    anchored = res["bd"]["vaecodec"]["bd_rate_psnr_pct"]
+    assert h2h["jpeg"]["bd_rate_psnr_pct"] == pytest.approx(anchored)
+    assert h2h["jpeg"]["bd_rate_psnr_pct"] < 0   # vaecodec beats JPEG
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "## vaecodec head to head" in report
+    assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report

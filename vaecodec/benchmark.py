@@ -63,6 +63,7 @@ from . import metrics
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CODECS = ("vaecodec", "jpeg", "webp", "avif", "jpegxl", "jpeg2000")
 ANCHOR = "jpeg"  # BD metrics are relative to this codec
+SUBJECT = "vaecodec"  # and the head-to-head table compares this one with each other codec
 BPP_TARGETS = (0.25, 0.5, 1.0)  # rates (bpp) at which the report reads each curve's PSNR
 IMAGE_SUFFIXES = {".png", ".ppm", ".pnm", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp"}
 # scikit-image's bundled colour photographs, used when no dataset directory is available
@@ -594,7 +595,7 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
             "head_to_head": head_to_head(entries)}
 
 
-def head_to_head(entries: list[dict[str, Any]], subject: str = "vaecodec") -> dict[str, dict]:
+def head_to_head(entries: list[dict[str, Any]], subject: str = SUBJECT) -> dict[str, dict]:
     """BD-rate (%) and BD-PSNR (dB) of ``subject`` against every other codec directly, over the
     rate range the two curves share (PSNR-RGB). Anchored BD-rates (each codec vs JPEG, each over
     its own overlap with JPEG) cannot be subtracted to rank two codecs; these can.
@@ -714,7 +715,7 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
     else:
         lines += [f"_No BD tables: the anchor codec ({ANCHOR}) was not run._", ""]
     if summary.get("head_to_head"):
-        subject = next(e["name"] for e in entries if e["codec"] not in summary["head_to_head"])
+        subject = next(e["name"] for e in entries if e["codec"] == SUBJECT)
         lines += [f"## {subject} head to head", "",
                   f"Bjøntegaard deltas of {subject} against each codec directly, over the rates "
                   f"the two curves share (negative BD-rate = {subject} needs fewer bits). The "

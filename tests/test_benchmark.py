@@ -282,3 +282,16 @@ def test_report_ranks_vaecodec_head_to_head(small_dataset, tmp_path):
     report = (tmp_path / "o" / "report.md").read_text()
     assert "## vaecodec head to head" in report
     assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report
+
+
+def test_cli_prints_the_head_to_head_lines(small_dataset, tmp_path):
+    res = CliRunner().invoke(benchmark.benchmark_command,
+                             ["--dataset", str(small_dataset), "--codecs", "vaecodec,jpeg,webp",
+                              "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    entries = json.loads((tmp_path / "o" / "results.json").read_text())  # the measured curves
+    curves = {e["codec"]: e["results"] for e in entries}
+    expected = benchmark.head_to_head([{"codec": c, "results": r} for c, r in curves.items()])
+    line = next(ln for ln in res.output.splitlines() if "vaecodec vs WebP" in ln)
+    assert f"{expected['webp']['bd_rate_psnr_pct']:+.1f} %" in line and "(head to head)" in line
+    assert "vaecodec vs JPEG" not in res.output   # the anchored line already says it

@@ -936,8 +936,9 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
 
     For every image and quality it measures the real file size (bpp), PSNR-RGB (dB), MS-SSIM
     and encode/decode times (s); it writes results.json (CompressAI's plotting layout),
-    per-image.json/.csv, report.md (BD-rate and BD-PSNR against JPEG, PSNR at 0.25/0.5/1 bpp,
-    per-quality tables), rd-psnr.png and rd-msssim.png.
+    per-image.json/.csv, report.md (BD-rate and BD-PSNR against JPEG and of vaecodec head to
+    head against each codec, PSNR at 0.25/0.5/1 bpp, per-quality tables), rd-psnr.png and
+    rd-msssim.png.
 
     Example: vaecodec benchmark --codecs jpeg,webp,avif --limit 4 --jobs 2
     """
@@ -956,9 +957,15 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
             b = result["bd"][e["codec"]]
             click.echo(f"  {e['name']:<10} BD-rate {_fmt(b['bd_rate_psnr_pct'], 1, True):>7} %  "
                        f"BD-PSNR {_fmt(b['bd_psnr_db'], 2, True):>6} dB  (vs JPEG)")
+    for e in result["results"]:
+        b = result["head_to_head"].get(e["codec"])
+        if b is not None and e["codec"] != ANCHOR:
+            click.echo(f"  {SUBJECT} vs {e['name']:<10} BD-rate "
+                       f"{_fmt(b['bd_rate_psnr_pct'], 1, True):>7} %  "
+                       f"BD-PSNR {_fmt(b['bd_psnr_db'], 2, True):>6} dB  (head to head)")
     click.echo(f"wrote {result['files']['report']} and results.json, plots in {out}")
 
 
 __all__ = ["Codec", "CODECS", "DEFAULT_CODECS", "CodecUnavailable", "ImageSource",
            "aggregate", "benchmark_command", "dataset_images", "default_dataset", "get_codec",
-           "measure", "parse_codecs", "run_benchmark", "summarize"]
+           "head_to_head", "measure", "parse_codecs", "run_benchmark", "summarize"]

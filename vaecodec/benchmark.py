@@ -586,8 +586,7 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
             continue
         rr = ref["results"]
         bd[e["codec"]] = {
-            "bd_rate_psnr_pct": metrics.bd_rate(rr["bpp"], rr["psnr-rgb"], r["bpp"], r["psnr-rgb"]),
-            "bd_psnr_db": metrics.bd_psnr(rr["bpp"], rr["psnr-rgb"], r["bpp"], r["psnr-rgb"]),
+            **_bd_psnr(rr, r),
             "bd_rate_msssim_pct": metrics.bd_rate(rr["bpp"], _msssim_db(rr["ms-ssim-rgb"]),
                                                   r["bpp"], _msssim_db(r["ms-ssim-rgb"])),
         }
@@ -603,12 +602,15 @@ def head_to_head(entries: list[dict[str, Any]], subject: str = SUBJECT) -> dict[
     test = next((e["results"] for e in entries if e["codec"] == subject), None)
     if test is None:
         return {}
-    return {e["codec"]: {
-        "bd_rate_psnr_pct": metrics.bd_rate(e["results"]["bpp"], e["results"]["psnr-rgb"],
-                                            test["bpp"], test["psnr-rgb"]),
-        "bd_psnr_db": metrics.bd_psnr(e["results"]["bpp"], e["results"]["psnr-rgb"],
-                                      test["bpp"], test["psnr-rgb"]),
-    } for e in entries if e["codec"] != subject}
+    return {e["codec"]: _bd_psnr(e["results"], test) for e in entries if e["codec"] != subject}
+
+
+def _bd_psnr(ref: dict[str, Any], test: dict[str, Any]) -> dict[str, float]:
+    """BD-rate (%) and BD-PSNR (dB) of the ``test`` curve against the ``ref`` curve (PSNR-RGB)."""
+    return {"bd_rate_psnr_pct": metrics.bd_rate(ref["bpp"], ref["psnr-rgb"],
+                                                test["bpp"], test["psnr-rgb"]),
+            "bd_psnr_db": metrics.bd_psnr(ref["bpp"], ref["psnr-rgb"],
+                                          test["bpp"], test["psnr-rgb"])}
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,6 +110,28 @@ def test_learning_rate_warms_up_and_decays():
     assert learning_rate(cfg, 500, 0.9) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))   # half-way through the decay
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("minutes", float("inf"), "minutes must be a finite number > 0"),
+    ("batch", 0, "batch must be an integer >= 1"),
+    ("batch", 2.5, "batch must be an integer >= 1"),
+    ("crop", 100, "crop must be a positive multiple of 64"),
+    ("decay_fraction", 1.5, r"decay_fraction must be in \[0, 1\]"),
+    ("precision", "fp16", "precision must be auto, bf16 or fp32"),
+    ("lambdas", (0.1, 0.05), "expected 8"),
+])
+def test_train_config_refuses_unusable_values(field, value, message):
+    with pytest.raises(ValueError, match=f"{message}"):
+        TrainConfig(data=".", **{field: value})
+
+
+def test_train_config_accepts_its_defaults_and_normalises_lambdas():
+    cfg = TrainConfig(data=".", lambdas=[str(v) for v in range(1, 9)])
+    assert cfg.lambdas == tuple(float(v) for v in range(1, 9))
+    assert TrainConfig(data=".").crop == 256
+
+
 def test_auto_precision_follows_native_bf16(monkeypatch):
     import vaecodec.train as t
     cpu = torch.device("cpu")

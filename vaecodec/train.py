@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import random
 import signal
@@ -28,7 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
-from .model import MeanScaleHyperprior
+from .model import STRIDE, MeanScaleHyperprior, check_lambdas
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
@@ -56,6 +57,32 @@ class TrainConfig:
     init: str = ""
     threads: int = 0
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
+
+    def __post_init__(self):
+        """Refuse a value the loop cannot use, with a one-line ``ValueError`` naming the field
+        (the CLI checks the same ranges while parsing; this guards the Python API)."""
+        def finite_positive(name):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {value!r}")
+
+        for name in ("lr", "minutes", "checkpoint_minutes"):
+            finite_positive(name)
+        for name, least in (("N", 1), ("M", 1), ("batch", 1), ("val_every", 1),
+                            ("warmup", 0), ("max_steps", 0), ("threads", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, numbers.Integral) \
+                or self.crop < STRIDE or self.crop % STRIDE:
+            raise ValueError(f"TrainConfig.crop must be a positive multiple of {STRIDE}, "
+                             f"got {self.crop!r}")
+        if not (isinstance(self.decay_fraction, numbers.Real) and 0 <= self.decay_fraction <= 1):
+            raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"TrainConfig.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.lambdas:
+            self.lambdas = check_lambdas(self.lambdas)
 
 
 # ------------------------------------------------------------------------------------- data

@@ -257,7 +257,9 @@ def test_reuse_keeps_earlier_measurements(small_dataset, tmp_path):
 def test_head_to_head_ranks_two_codecs_directly():
     # vaecodec spends 10 % more bits than WebP for the same PSNR everywhere: +10 % head to head,
     # whatever each one's BD-rate against JPEG over its own overlap with JPEG says.
+    # On MS-SSIM it spends 20 % fewer bits.
     webp_bpp, psnr = [0.2, 0.4, 0.8, 1.6], [28.0, 31.0, 34.0, 37.0]
+    msssim = [0.90, 0.94, 0.97, 0.985]
     entries = [
         {"codec": "vaecodec", "name": "vaecodec",
          "results": {"bpp": [1.1 * b for b in webp_bpp], "psnr-rgb": psnr}},
@@ -267,6 +269,12 @@ def test_head_to_head_ranks_two_codecs_directly():
     assert list(h2h) == ["webp"]
     assert h2h["webp"]["bd_rate_psnr_pct"] == pytest.approx(10.0, abs=1e-6)
     assert h2h["webp"]["bd_psnr_db"] < 0
+    assert math.isnan(h2h["webp"]["bd_rate_msssim_pct"])   # no MS-SSIM curves given
+    entries[0]["results"]["ms-ssim-rgb"] = msssim
+    entries[1]["results"]["ms-ssim-rgb"] = msssim
+    entries[0]["results"]["bpp"] = [0.8 * b for b in webp_bpp]
+    h2h = benchmark.head_to_head(entries)
+    assert h2h["webp"]["bd_rate_msssim_pct"] == pytest.approx(-20.0, abs=1e-6)
     assert benchmark.head_to_head(entries[1:]) == {}
 
 
@@ -279,9 +287,11 @@ def test_report_ranks_vaecodec_head_to_head(small_dataset, tmp_path):
     anchored = res["bd"]["vaecodec"]["bd_rate_psnr_pct"]
     assert h2h["jpeg"]["bd_rate_psnr_pct"] == pytest.approx(anchored)
     assert h2h["jpeg"]["bd_rate_psnr_pct"] < 0   # vaecodec beats JPEG
+    assert h2h["jpeg"]["bd_rate_msssim_pct"] == pytest.approx(
+        res["bd"]["vaecodec"]["bd_rate_msssim_pct"], nan_ok=True)   # NaN: images too small
     report = (tmp_path / "o" / "report.md").read_text()
     assert "## vaecodec head to head" in report
-    assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report
+    assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} | {h2h['jpeg']['bd_psnr_db']:+.2f} | " in report
 
 
 def test_cli_prints_the_head_to_head_lines(small_dataset, tmp_path):

@@ -569,7 +569,8 @@ def aggregate(records: list[dict[str, Any]], codec: Codec) -> dict[str, Any]:
 
 
 def _msssim_db(values: Sequence[float]) -> list[float]:
-    return [metrics.ms_ssim_db(v) if v == v else float("nan") for v in values]
+    # NaN (or None, as results.json stores NaN) where MS-SSIM was undefined (tiny images)
+    return [metrics.ms_ssim_db(v) if v is not None and v == v else float("nan") for v in values]
 
 
 def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, Any]:
@@ -585,32 +586,34 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
         if ref is None:
             continue
         rr = ref["results"]
-        bd[e["codec"]] = {
-            **_bd_psnr(rr, r),
-            "bd_rate_msssim_pct": metrics.bd_rate(rr["bpp"], _msssim_db(rr["ms-ssim-rgb"]),
-                                                  r["bpp"], _msssim_db(r["ms-ssim-rgb"])),
-        }
+        bd[e["codec"]] = _bd(rr, r)
     return {"anchor": anchor if ref is not None else None, "bd": bd, "psnr_at_bpp": at,
             "head_to_head": head_to_head(entries)}
 
 
 def head_to_head(entries: list[dict[str, Any]], subject: str = SUBJECT) -> dict[str, dict]:
     """BD-rate (%) and BD-PSNR (dB) of ``subject`` against every other codec directly, over the
-    rate range the two curves share (PSNR-RGB). Anchored BD-rates (each codec vs JPEG, each over
+    rate range the two curves share (PSNR-RGB; also BD-rate on MS-SSIM in dB). Anchored BD-rates (each codec vs JPEG, each over
     its own overlap with JPEG) cannot be subtracted to rank two codecs; these can.
     ``{}`` when ``subject`` was not run."""
     test = next((e["results"] for e in entries if e["codec"] == subject), None)
     if test is None:
         return {}
-    return {e["codec"]: _bd_psnr(e["results"], test) for e in entries if e["codec"] != subject}
+    return {e["codec"]: _bd(e["results"], test) for e in entries if e["codec"] != subject}
 
 
-def _bd_psnr(ref: dict[str, Any], test: dict[str, Any]) -> dict[str, float]:
-    """BD-rate (%) and BD-PSNR (dB) of the ``test`` curve against the ``ref`` curve (PSNR-RGB)."""
-    return {"bd_rate_psnr_pct": metrics.bd_rate(ref["bpp"], ref["psnr-rgb"],
-                                                test["bpp"], test["psnr-rgb"]),
-            "bd_psnr_db": metrics.bd_psnr(ref["bpp"], ref["psnr-rgb"],
-                                          test["bpp"], test["psnr-rgb"])}
+def _bd(ref: dict[str, Any], test: dict[str, Any]) -> dict[str, float]:
+    """Bjøntegaard deltas of the ``test`` curve against the ``ref`` curve: BD-rate (%) and
+    BD-PSNR (dB) on PSNR-RGB, and BD-rate (%) on MS-SSIM in dB (NaN when a curve has none)."""
+    out = {"bd_rate_psnr_pct": metrics.bd_rate(ref["bpp"], ref["psnr-rgb"],
+                                               test["bpp"], test["psnr-rgb"]),
+           "bd_psnr_db": metrics.bd_psnr(ref["bpp"], ref["psnr-rgb"],
+                                         test["bpp"], test["psnr-rgb"]),
+           "bd_rate_msssim_pct": float("nan")}
+    if "ms-ssim-rgb" in ref and "ms-ssim-rgb" in test:
+        out["bd_rate_msssim_pct"] = metrics.bd_rate(ref["bpp"], _msssim_db(ref["ms-ssim-rgb"]),
+                                                    test["bpp"], _msssim_db(test["ms-ssim-rgb"]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,12 +726,14 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
                   f"the two curves share (negative BD-rate = {subject} needs fewer bits). The "
                   "anchored table above measures each codec against JPEG over its own overlap "
                   "with JPEG, so its rows cannot be subtracted to rank two codecs.", "",
-                  f"| {subject} vs | BD-rate PSNR [%] | BD-PSNR [dB] |", "| --- | ---: | ---: |"]
+                  f"| {subject} vs | BD-rate PSNR [%] | BD-PSNR [dB] | BD-rate MS-SSIM [%] |",
+                  "| --- | ---: | ---: | ---: |"]
         for e in entries:
             b = summary["head_to_head"].get(e["codec"])
             if b is not None:
                 lines.append(f"| {e['name']} | {_fmt(b['bd_rate_psnr_pct'], 1, True)} | "
-                             f"{_fmt(b['bd_psnr_db'], 2, True)} |")
+                             f"{_fmt(b['bd_psnr_db'], 2, True)} | "
+                             f"{_fmt(b['bd_rate_msssim_pct'], 1, True)} |")
         lines.append("")
     targets = [str(t) for t in BPP_TARGETS]
     lines += ["## PSNR-RGB at fixed rates", "",

@@ -1,6 +1,7 @@
 """Tests of the .vae container (vaecodec/bitstream.py)."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -190,6 +191,57 @@ def test_every_truncation_refused(c):
 @given(containers(max_tiles=2), st.binary(min_size=1, max_size=8))
 def test_appended_bytes_refused(c, extra):
     refused(pack(c) + extra)
+
+
+class Endless(io.RawIOBase):
+    """A binary stream: ``prefix``, then ``fill`` bytes forever; counts what was read."""
+
+    def __init__(self, prefix: bytes, fill: bytes = b"\x00"):
+        self.prefix, self.fill, self.served = prefix, fill, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = len(buf)
+        head = self.prefix[self.served:self.served + n]
+        start = max(self.served - len(self.prefix), 0) % len(self.fill)  # continue the pattern
+        tail = (self.fill * ((n + start) // len(self.fill) + 1))[start:start + n - len(head)]
+        buf[:n] = head + tail
+        self.served += n
+        return n
+
+
+@pytest.mark.parametrize("c", EXAMPLES[:5])
+def test_read_file_takes_exactly_one_file(c):
+    data = pack(c)
+    assert bs.read_file(io.BytesIO(data)) == data
+    f = io.BytesIO(data + b"next")
+    assert bs.read_file(f) == data + b"n"      # one byte more: unpack refuses trailing data
+    refused(bs.read_file(io.BytesIO(data + b"next")))
+    for n in (0, 3, 4, 20, len(data) - 1):
+        assert bs.read_file(io.BytesIO(data[:n])) == data[:n]
+
+
+def test_read_file_stays_bounded_on_endless_streams():
+    data = pack(SMALL)
+    # a whole valid file followed by an endless stream: read the file and one byte, no more
+    stream = Endless(data)
+    got = bs.read_file(stream)
+    assert got == data + b"\x00" and stream.served < len(data) + (2 << 20)
+    assert refused(got) == "file is corrupted or truncated (checksum mismatch)"
+    # a valid header, then endless zeros: every length reads as 0, tile count too
+    stream = Endless(data[:34])
+    assert len(bs.read_file(stream)) == 34 + 4 + 4 + 1
+    # an endless repetition of magic and version: its header fields are garbage, read no further
+    stream = Endless(b"", fill=MAGIC + b"\x01")
+    with pytest.raises(BitstreamError, match="format features"):   # flags byte "V"
+        bs.read_file(stream)
+    assert stream.served <= 1 << 20
+    with pytest.raises(BitstreamError, match="not a vaecodec file"):
+        bs.read_file(Endless(b"", fill=b"\x00"))
+    with pytest.raises(BitstreamError, match="newer vaecodec"):
+        bs.read_file(Endless(MAGIC + b"\x02"))
 
 
 def flipped(data: bytes, bit: int) -> bytes:

@@ -420,3 +420,34 @@ def test_endless_non_vae_input_is_refused_without_reading_it(tmp_path, command):
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("command", ["info", "decompress"])
+def test_endless_stream_after_a_valid_file_is_refused_without_reading_it(small_vae, tmp_path,
+                                                                         command):
+    # a pipe carrying a whole .vae file and then zeros forever: the reader takes what the file
+    # declares plus one byte, sees the trailing data, and refuses; it never reads to the end
+    import threading
+    fifo = tmp_path / "pipe.vae"
+    os.mkfifo(fifo)
+    written = []
+
+    def feed():
+        zeros = bytes(1 << 16)
+        try:
+            with open(fifo, "wb") as f:
+                f.write(small_vae.read_bytes())
+                while sum(written) < 1 << 30:   # stop at 1 GiB should the reader never close
+                    f.write(zeros)
+                    written.append(len(zeros))
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    args = ["info", fifo] if command == "info" else [command, fifo, tmp_path / "o.png"]
+    assert_refused(cli(*args), "checksum mismatch")
+    writer.join(timeout=30)
+    assert not writer.is_alive() and sum(written) < 16 << 20
+    assert not (tmp_path / "o.png").exists()

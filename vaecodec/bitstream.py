@@ -8,7 +8,7 @@ tile, and a CRC-32 over all of it. The byte layout is specified in ``bitstream/S
 This module only frames bytes; it knows nothing about how the streams were entropy coded. It uses
 the standard library only (no torch, no numpy), so ``vaecodec info`` and validation stay cheap.
 
-Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, the dataclasses :class:`Header`,
+Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, :func:`read_file`, the dataclasses :class:`Header`,
 :class:`TileStreams`, :class:`Section`, :class:`Container`, and :class:`BitstreamError`, raised
 for every file (or, in :func:`pack`, every input) that is refused, with a one-line message meant
 to be shown to the user as is.
@@ -24,7 +24,7 @@ __all__ = [
     "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
     "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
-    "pack", "unpack", "peek_header", "size_problem", "check_magic",
+    "pack", "unpack", "peek_header", "read_file", "size_problem", "check_magic",
 ]
 
 MAGIC = b"VAEC"
@@ -348,19 +348,22 @@ def _invalid(problem: str) -> BitstreamError:
     return BitstreamError(f"file is invalid or corrupted: {problem}")
 
 
-def _check_envelope(data) -> memoryview:
-    """Size, magic, version and CRC checks, in that order. Returns a view of ``data``."""
-    view = memoryview(data).cast("B")  # TypeError for non-bytes-like input (a caller bug)
-    if len(view) < MIN_FILE_SIZE:
-        raise BitstreamError("file is truncated or not a .vae file")
-    check_magic(view[:4])
-    version = view[4]
+def _check_version(version: int) -> None:
     if version > VERSION:
         raise BitstreamError(
             f"made by a newer vaecodec (format version {version}, this one reads up to "
             f"{VERSION}); upgrade vaecodec")
     if version < 1:
         raise BitstreamError(f"not a valid .vae file (format version {version} does not exist)")
+
+
+def _check_envelope(data) -> memoryview:
+    """Size, magic, version and CRC checks, in that order. Returns a view of ``data``."""
+    view = memoryview(data).cast("B")  # TypeError for non-bytes-like input (a caller bug)
+    if len(view) < MIN_FILE_SIZE:
+        raise BitstreamError("file is truncated or not a .vae file")
+    check_magic(view[:4])
+    _check_version(view[4])
     (stored,) = _CRC.unpack(view[-4:])
     if zlib.crc32(view[:-4]) & _U32 != stored:
         raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
@@ -384,6 +387,60 @@ def _parse_header(view: memoryview) -> tuple[Header, int, int]:
     if problem:
         raise _invalid(problem)
     return header, n_sections, _HEADER.size
+
+
+def read_file(f) -> bytes:
+    """Read one ``.vae`` file from the binary file object ``f`` (a file, a pipe, a socket),
+    taking only the bytes its own length fields declare, plus one byte to notice trailing data.
+
+    A stream that is not a ``.vae`` file is refused after its first 4 bytes, one with a garbage
+    header after the header; otherwise no more is read than the section and tile lengths
+    declare, so an endless stream cannot exhaust memory. The result is meant for
+    :func:`unpack`, which reports a short or overlong read as a truncated or corrupted file.
+    (Unlike :func:`unpack`, the header is checked before the CRC: a stream cannot be seen
+    whole before it is read.)
+
+    Raises:
+        BitstreamError: the first 4 bytes are not :data:`MAGIC`, the format version is newer
+            than :data:`VERSION` (or 0), or a header field is invalid.
+    """
+    out = bytearray()
+
+    def take(n: int) -> bool:
+        while n > 0:
+            chunk = f.read(min(n, 1 << 20))
+            if not chunk:
+                return False
+            out.extend(chunk)
+            n -= len(chunk)
+        return True
+
+    if not take(len(MAGIC)):
+        return bytes(out)
+    check_magic(out[:len(MAGIC)])
+    if not take(1):
+        return bytes(out)
+    _check_version(out[4])
+    if not take(_HEADER.size - len(MAGIC) - 1):
+        return bytes(out)
+    _parse_header(memoryview(bytes(out)))   # a garbage header is refused before reading on
+    for _ in range(out[-1]):            # sections: kind, length, data
+        if not take(_SECTION.size):
+            return bytes(out)
+        kind, length = _SECTION.unpack(out[-_SECTION.size:])
+        if kind not in SECTION_KINDS or not take(length):
+            return bytes(out)
+    if not take(_COUNT.size):
+        return bytes(out)
+    (n_tiles,) = _COUNT.unpack(out[-_COUNT.size:])
+    for _ in range(min(n_tiles, MAX_TILES + 1)):
+        if not take(_TILE.size):
+            return bytes(out)
+        if not take(sum(_TILE.unpack(out[-_TILE.size:])[4:])):
+            return bytes(out)
+    if take(_CRC.size):
+        out.extend(f.read(1))
+    return bytes(out)
 
 
 def peek_header(data: bytes) -> Header:

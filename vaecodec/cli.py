@@ -93,19 +93,26 @@ def _progress(total: int, desc: str):
 
 def _read_input_bytes(path: Path) -> bytes:
     """The bytes of a .vae file (a pipe works too). The magic bytes are checked before the rest
-    is read, so a wrong file (a video, /dev/zero) is refused without reading it into memory."""
-    from .bitstream import MAGIC, check_magic
+    is read, so a wrong file (a video, /dev/zero) is refused without reading it into memory. A
+    regular file is read whole (its size bounds it, and unpack checks the CRC before any field);
+    from a pipe or device no more is read than its length fields declare
+    (:func:`bitstream.read_file`), so an endless stream cannot exhaust memory."""
+    from .bitstream import MAGIC, check_magic, read_file
     if not path.exists():
         raise click.ClickException(f"no such file: {path}")
     if path.is_dir():
         raise click.ClickException(f"{path} is a directory, not a .vae file")
     with path.open("rb") as f:
-        head = f.read(len(MAGIC))
-        if not head:
-            raise click.ClickException(f"{path} is empty")
-        if len(head) == len(MAGIC):  # shorter: unpack reports it as truncated
-            check_magic(head)
-        return head + f.read()
+        if path.is_file():
+            data = f.read(len(MAGIC))
+            if len(data) == len(MAGIC):  # shorter: unpack reports it as truncated
+                check_magic(data)
+            data += f.read()
+        else:
+            data = read_file(f)
+    if not data:
+        raise click.ClickException(f"{path} is empty")
+    return data
 
 
 class _FiniteFloatRange(click.FloatRange):

@@ -22,6 +22,7 @@ from vaecodec.bitstream import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = bytes.fromhex("0123456789abcdef")
+_U32 = 0xFFFFFFFF
 
 # offsets of header fields (see bitstream/SPEC.md)
 OFF_VERSION, OFF_FLAGS, OFF_FP, OFF_QUALITY = 4, 5, 6, 14
@@ -216,23 +217,21 @@ class Endless(io.RawIOBase):
 def test_read_file_takes_exactly_one_file(c):
     data = pack(c)
     assert bs.read_file(io.BytesIO(data)) == data
-    f = io.BytesIO(data + b"next")
-    assert bs.read_file(f) == data + b"n"      # one byte more: unpack refuses trailing data
-    refused(bs.read_file(io.BytesIO(data + b"next")))
+    f = io.BytesIO(data + data + b"rest")     # back to back: one file per call, rest left unread
+    assert bs.read_file(f) == data and bs.read_file(f) == data and f.read() == b"rest"
     for n in (0, 3, 4, 20, len(data) - 1):
         assert bs.read_file(io.BytesIO(data[:n])) == data[:n]
 
 
 def test_read_file_stays_bounded_on_endless_streams():
     data = pack(SMALL)
-    # a whole valid file followed by an endless stream: read the file and one byte, no more
+    # a whole valid file followed by an endless stream: the file is read, nothing after it
     stream = Endless(data)
-    got = bs.read_file(stream)
-    assert got == data + b"\x00" and stream.served < len(data) + (2 << 20)
-    assert refused(got) == "file is corrupted or truncated (checksum mismatch)"
+    assert bs.read_file(stream) == data and stream.served == len(data)
+    assert unpack(data) == SMALL
     # a valid header, then endless zeros: every length reads as 0, tile count too
     stream = Endless(data[:34])
-    assert len(bs.read_file(stream)) == 34 + 4 + 4 + 1
+    assert len(bs.read_file(stream)) == 34 + 4 + 4
     # an endless repetition of magic and version: its header fields are garbage, read no further
     stream = Endless(b"", fill=MAGIC + b"\x01")
     with pytest.raises(BitstreamError, match="format features"):   # flags byte "V"
@@ -242,6 +241,22 @@ def test_read_file_stays_bounded_on_endless_streams():
         bs.read_file(Endless(b"", fill=b"\x00"))
     with pytest.raises(BitstreamError, match="newer vaecodec"):
         bs.read_file(Endless(MAGIC + b"\x02"))
+
+
+def test_read_file_refuses_lengths_beyond_what_the_image_can_hold():
+    # the 100x70 header of SMALL, a million tiles, the first declaring three 4 GiB streams
+    head = pack(SMALL)[:34]
+    crafted = head + struct.pack(">I", 1_000_000) + struct.pack(">HHHHIII", 8, 8, 2, 2, *[_U32] * 3)
+    stream = Endless(crafted, fill=b"y\n")
+    with pytest.raises(BitstreamError, match="more data than a 70x100 image can hold"):
+        bs.read_file(stream)
+    assert stream.served < 1 << 20
+    # the limit is generous: 8 bytes per latent of the tile grid, and per-pixel room for alpha
+    h = SMALL.header
+    latents = 192 * 128 * 128 // 256 + 128 * 128 * 128 // 4096
+    assert bs.stream_limit(h) >= 8 * latents + 2 * 100 * 70 + bs.SECTION_SLACK
+    tiled = replace(h, height=3000, width=2000, tile_size=1024, tile_overlap=64)
+    assert bs.stream_limit(tiled) > 8 * 192 * 3 * 1024 * 2 * 1024 // 256   # 3x2 grid
 
 
 def flipped(data: bytes, bit: int) -> bytes:

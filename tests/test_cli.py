@@ -422,32 +422,54 @@ def test_endless_non_vae_input_is_refused_without_reading_it(tmp_path, command):
     assert peak < 64 << 20
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
-@pytest.mark.parametrize("command", ["info", "decompress"])
-def test_endless_stream_after_a_valid_file_is_refused_without_reading_it(small_vae, tmp_path,
-                                                                         command):
-    # a pipe carrying a whole .vae file and then zeros forever: the reader takes what the file
-    # declares plus one byte, sees the trailing data, and refuses; it never reads to the end
+def _feed_pipe(fifo: Path, head: bytes, fill: bytes, written: list) -> "threading.Thread":
+    """Write ``head`` then ``fill`` forever (up to 1 GiB) into the named pipe ``fifo``, from a
+    thread that stops when the reader closes the pipe."""
     import threading
-    fifo = tmp_path / "pipe.vae"
-    os.mkfifo(fifo)
-    written = []
 
     def feed():
-        zeros = bytes(1 << 16)
         try:
             with open(fifo, "wb") as f:
-                f.write(small_vae.read_bytes())
-                while sum(written) < 1 << 30:   # stop at 1 GiB should the reader never close
-                    f.write(zeros)
-                    written.append(len(zeros))
+                f.write(head)
+                while sum(written) < 1 << 30:
+                    f.write(fill)
+                    written.append(len(fill))
         except BrokenPipeError:
             pass
 
+    os.mkfifo(fifo)
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
-    args = ["info", fifo] if command == "info" else [command, fifo, tmp_path / "o.png"]
-    assert_refused(cli(*args), "checksum mismatch")
+    return writer
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_pipe_is_read_as_far_as_the_file_declares(small_vae, tmp_path):
+    # a pipe carrying a whole .vae file and then zeros forever: the file is decoded, the
+    # stream after it is left unread (the writer sees the pipe close)
+    written = []
+    writer = _feed_pipe(tmp_path / "pipe.vae", small_vae.read_bytes(), bytes(1 << 16), written)
+    res = cli("decompress", tmp_path / "pipe.vae", tmp_path / "o.png")
+    assert res.exit_code == 0, res.output
+    writer.join(timeout=30)
+    assert not writer.is_alive() and sum(written) < 16 << 20
+    direct = tmp_path / "direct.png"
+    assert cli("decompress", small_vae, direct).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png")), np.asarray(Image.open(direct)))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("command", ["info", "decompress"])
+def test_endless_stream_with_huge_declared_lengths_is_refused(small_vae, tmp_path, command):
+    # a real header, then a million tiles whose first declares three 4 GiB streams, then "y\n"
+    # forever: refused as soon as the lengths exceed what the header's image can hold
+    head = small_vae.read_bytes()[:34] + struct.pack(">I", 1_000_000)
+    head += struct.pack(">HHHHIII", 4, 4, 1, 1, *[0xFFFFFFFF] * 3)
+    written = []
+    writer = _feed_pipe(tmp_path / "pipe.vae", head, b"y\n" * 4096, written)
+    args = ["info", tmp_path / "pipe.vae"] if command == "info" else \
+        [command, tmp_path / "pipe.vae", tmp_path / "o.png"]
+    assert_refused(cli(*args), "more data than a")
     writer.join(timeout=30)
     assert not writer.is_alive() and sum(written) < 16 << 20
     assert not (tmp_path / "o.png").exists()

@@ -24,7 +24,7 @@ __all__ = [
     "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
     "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
-    "pack", "unpack", "peek_header", "read_file", "size_problem", "check_magic",
+    "pack", "unpack", "peek_header", "read_file", "stream_limit", "size_problem", "check_magic",
 ]
 
 MAGIC = b"VAEC"
@@ -389,24 +389,61 @@ def _parse_header(view: memoryview) -> tuple[Header, int, int]:
     return header, n_sections, _HEADER.size
 
 
+#: What a streaming reader (:func:`read_file`) allows: at most this many bytes of tile streams
+#: per latent element (``y`` and ``z``) of the tile grid, plus :data:`STREAM_SLACK` per tile...
+STREAM_BYTES_PER_LATENT = 8
+STREAM_SLACK = 64
+#: ...and sections of at most 2 bytes per pixel plus :data:`SECTION_SLACK` bytes in all.
+SECTION_SLACK = 64 << 20
+
+
+def _padded_sides(n: int, tile: int, overlap: int) -> list[int]:
+    """Padded lengths (multiples of 64) of the tiles along a side of ``n`` pixels (SPEC.md)."""
+    if tile == 0 or n <= tile:
+        return [-(-n // 64) * 64]
+    step = tile - overlap
+    count = -(-(n - overlap) // step)
+    return [-(-min(tile, n - i * step) // 64) * 64 for i in range(count)]
+
+
+def stream_limit(h: Header) -> int:
+    """The most bytes a streaming reader accepts for a file with header ``h``: the tile grid's
+    latents at :data:`STREAM_BYTES_PER_LATENT` bytes each (an entropy-coded latent costs at most
+    2 bytes plus a 4-byte escape varint), :data:`STREAM_SLACK` per tile, and sections of up to 2 bytes
+    per pixel plus :data:`SECTION_SLACK`. No file vaecodec writes comes near it."""
+    rows = _padded_sides(h.height, h.tile_size, h.tile_overlap)
+    cols = _padded_sides(h.width, h.tile_size, h.tile_overlap)
+    area = sum(rows) * sum(cols)   # sum over the grid of padded tile areas (it is separable)
+    latents = h.latent_channels * area // 256 + h.hyper_channels * area // 4096
+    tiles = len(rows) * len(cols)
+    return (_HEADER.size + _COUNT.size + _CRC.size + (_TILE.size + STREAM_SLACK) * tiles
+            + STREAM_BYTES_PER_LATENT * latents
+            + 2 * h.height * h.width + SECTION_SLACK + 255 * _SECTION.size)
+
+
 def read_file(f) -> bytes:
-    """Read one ``.vae`` file from the binary file object ``f`` (a file, a pipe, a socket),
-    taking only the bytes its own length fields declare, plus one byte to notice trailing data.
+    """Read one ``.vae`` file from the binary file object ``f`` (a pipe, a socket, a file),
+    taking exactly the bytes its own length fields declare and leaving the rest of the stream
+    unread (so files sent back to back can be read one by one, and a writer that keeps the
+    stream open after a whole file does not block the reader).
 
     A stream that is not a ``.vae`` file is refused after its first 4 bytes, one with a garbage
-    header after the header; otherwise no more is read than the section and tile lengths
-    declare, so an endless stream cannot exhaust memory. The result is meant for
-    :func:`unpack`, which reports a short or overlong read as a truncated or corrupted file.
-    (Unlike :func:`unpack`, the header is checked before the CRC: a stream cannot be seen
-    whole before it is read.)
+    header after the header (unlike :func:`unpack`, the header is checked before the CRC: a
+    stream cannot be seen whole before it is read), and one whose declared lengths add up to
+    more than :func:`stream_limit` allows for its image size as soon as they do, so memory stays
+    proportional to the image the header describes. The result is meant for :func:`unpack`,
+    which reports a stream that ended early as a truncated file.
 
     Raises:
-        BitstreamError: the first 4 bytes are not :data:`MAGIC`, the format version is newer
-            than :data:`VERSION` (or 0), or a header field is invalid.
+        BitstreamError: bad magic bytes, a newer (or zero) format version, an invalid header
+            field, or declared lengths beyond :func:`stream_limit`.
     """
     out = bytearray()
 
     def take(n: int) -> bool:
+        if len(out) + n > limit:
+            raise _invalid(f"its lengths declare more data than a {header.width}x"
+                           f"{header.height} image can hold")
         while n > 0:
             chunk = f.read(min(n, 1 << 20))
             if not chunk:
@@ -415,6 +452,7 @@ def read_file(f) -> bytes:
             n -= len(chunk)
         return True
 
+    limit, header = _HEADER.size, None
     if not take(len(MAGIC)):
         return bytes(out)
     check_magic(out[:len(MAGIC)])
@@ -423,8 +461,9 @@ def read_file(f) -> bytes:
     _check_version(out[4])
     if not take(_HEADER.size - len(MAGIC) - 1):
         return bytes(out)
-    _parse_header(memoryview(bytes(out)))   # a garbage header is refused before reading on
-    for _ in range(out[-1]):            # sections: kind, length, data
+    header, n_sections, _ = _parse_header(memoryview(bytes(out)))  # garbage: refused here
+    limit = stream_limit(header)
+    for _ in range(n_sections):         # sections: kind, length, data
         if not take(_SECTION.size):
             return bytes(out)
         kind, length = _SECTION.unpack(out[-_SECTION.size:])
@@ -433,13 +472,10 @@ def read_file(f) -> bytes:
     if not take(_COUNT.size):
         return bytes(out)
     (n_tiles,) = _COUNT.unpack(out[-_COUNT.size:])
-    for _ in range(min(n_tiles, MAX_TILES + 1)):
-        if not take(_TILE.size):
+    for _ in range(n_tiles):
+        if not take(_TILE.size) or not take(sum(_TILE.unpack(out[-_TILE.size:])[4:])):
             return bytes(out)
-        if not take(sum(_TILE.unpack(out[-_TILE.size:])[4:])):
-            return bytes(out)
-    if take(_CRC.size):
-        out.extend(f.read(1))
+    take(_CRC.size)
     return bytes(out)
 
 

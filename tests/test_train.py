@@ -120,10 +120,22 @@ def test_learning_rate_warms_up_and_decays():
     ("decay_fraction", 1.5, r"decay_fraction must be in \[0, 1\]"),
     ("precision", "fp16", "precision must be auto, bf16 or fp32"),
     ("lambdas", (0.1, 0.05), "expected 8"),
+    ("lambdas", "12345678", "must be a sequence of numbers"),
+    ("lambdas", (1, 2, 3, 4, 5, 6, 7, float("inf")), "positive finite"),
+    ("lambdas", (float("nan"),) * 8, "positive finite"),
+    ("lambdas", (1, 2, 3, 4, 5, 6, 7, 1e39), "positive finite"),
+    ("lr", True, "lr must be a finite number > 0"),
+    ("decay_fraction", False, "decay_fraction must be in"),
+    ("seed", -1, "seed must be an integer >= 0"),
+    ("seed", "abc", "seed must be an integer >= 0"),
+    ("resume", "no", "resume must be True or False"),
+    ("data", "", "data must be a non-empty path"),
+    ("out", None, "out must be a non-empty path"),
+    ("init", 5, "init must be a path"),
 ])
 def test_train_config_refuses_unusable_values(field, value, message):
     with pytest.raises(ValueError, match=f"{message}"):
-        TrainConfig(data=".", **{field: value})
+        TrainConfig(**{"data": ".", field: value})
 
 
 def test_train_config_accepts_its_defaults_and_normalises_lambdas():
@@ -197,7 +209,7 @@ def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_di
 def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
     from click.testing import CliRunner
     from vaecodec.cli import main
-    for bad in ("0.1,0.2", "a,b,c,d,e,f,g,h", "8,7,6,5,4,3,2,1"):
+    for bad in ("0.1,0.2", "a,b,c,d,e,f,g,h", "8,7,6,5,4,3,2,1", "1,2,3,4,5,6,7,nan", "1,2,3,4,5,6,7,inf"):
         r = CliRunner().invoke(main, ["train", "--data", str(image_dir), "--lambdas", bad])
         assert r.exit_code == 2 and "--lambdas" in r.output, r.output
 

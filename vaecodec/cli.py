@@ -272,7 +272,7 @@ def _lambdas_option(ctx, param, value):
                    "on CPUs with AVX-512 BF16), fp32 elsewhere (bf16 on an AVX2-only CPU is "
                    "~80x slower).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
 @click.option("--init", type=click.Path(exists=True), default=None,
               help="Start from a checkpoint file or an exported weights folder "

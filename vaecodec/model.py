@@ -36,12 +36,19 @@ LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
 def check_lambdas(lambdas, count: int = len(LAMBDAS)) -> tuple[float, ...]:
-    """A λ ladder as floats; raises ``ValueError`` unless it has ``count`` positive, strictly
-    increasing values."""
-    values = tuple(float(v) for v in lambdas)
+    """A λ ladder as floats; raises ``ValueError`` unless ``lambdas`` is a sequence (not a
+    string) of ``count`` numbers, positive, finite in float32 and strictly increasing."""
+    if isinstance(lambdas, (str, bytes)):
+        raise ValueError(f"λ values must be a sequence of numbers, got the string {lambdas!r}")
+    try:
+        values = tuple(float(v) for v in lambdas)
+    except (TypeError, ValueError):
+        raise ValueError(f"λ values must be numbers, got {lambdas!r}") from None
     if len(values) != count:
         raise ValueError(f"expected {count} λ values, got {len(values)}")
-    if min(values) <= 0 or any(b <= a for a, b in zip(values, values[1:])):
+    if not all(1e-30 < v < 1e30 for v in values):   # also refuses NaN; float32 keeps these
+        raise ValueError("λ values must be positive finite numbers (between 1e-30 and 1e30)")
+    if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError("λ values must be positive and strictly increasing")
     return values
 

@@ -61,15 +61,18 @@ class TrainConfig:
     def __post_init__(self):
         """Refuse a value the loop cannot use, with a one-line ``ValueError`` naming the field
         (the CLI checks the same ranges while parsing; this guards the Python API)."""
+        def number(value) -> bool:
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
         def finite_positive(name):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            if not (number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {value!r}")
 
         for name in ("lr", "minutes", "checkpoint_minutes"):
             finite_positive(name)
         for name, least in (("N", 1), ("M", 1), ("batch", 1), ("val_every", 1),
-                            ("warmup", 0), ("max_steps", 0), ("threads", 0)):
+                            ("warmup", 0), ("max_steps", 0), ("threads", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
@@ -77,10 +80,18 @@ class TrainConfig:
                 or self.crop < STRIDE or self.crop % STRIDE:
             raise ValueError(f"TrainConfig.crop must be a positive multiple of {STRIDE}, "
                              f"got {self.crop!r}")
-        if not (isinstance(self.decay_fraction, numbers.Real) and 0 <= self.decay_fraction <= 1):
+        if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"TrainConfig.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("data", "out", "device"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ValueError(f"TrainConfig.{name} must be a non-empty path or name, got {value!r}")
+        if not isinstance(self.init, (str, os.PathLike)):
+            raise ValueError(f"TrainConfig.init must be a path ('' for none), got {self.init!r}")
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"TrainConfig.resume must be True or False, got {self.resume!r}")
         if self.lambdas:
             self.lambdas = check_lambdas(self.lambdas)
 

@@ -66,3 +66,37 @@ def test_fractional_quality_lies_between_neighbours(model):
 def test_quality_out_of_range_is_refused(model):
     with pytest.raises(codec.CodecError):
         codec.compress_array(photo_crop(64, 64), 9, model=model)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"quality": "4"}, "quality must be a number"),
+    ({"quality": True}, "quality must be a number"),
+    ({"quality": None}, "quality must be a number"),
+    ({"quality": float("nan")}, "quality must be a number"),
+    ({"mode": "CMYK"}, "mode must be one of"),
+    ({"mode": "RGBA"}, "needs an alpha section"),
+    ({"mode": "LA", "sections": (bitstream.Section(bitstream.SECTION_ALPHA, b"xx"),)},
+     "alpha section does not hold a 48x32 plane"),
+])
+def test_compress_array_refuses_what_a_decoder_could_not_restore(model, kwargs, message):
+    # every refusal comes before any coding, so no file is made that decompress would refuse
+    with pytest.raises(codec.CodecError, match=message):
+        codec.compress_array(photo_crop(32, 48), model=model, **kwargs)
+
+
+def test_compress_array_refuses_non_arrays_and_empty_images(model):
+    with pytest.raises(codec.CodecError, match="got list"):
+        codec.compress_array(photo_crop(8, 8).tolist(), model=model)
+    with pytest.raises(codec.CodecError, match="image 5x0 is empty"):
+        codec.compress_array(np.zeros((0, 5, 3), np.uint8), model=model)
+
+
+def test_compress_array_with_alpha_round_trips(model):
+    from vaecodec import imageio
+    alpha = np.arange(32 * 48, dtype=np.uint8).reshape(32, 48)
+    section = bitstream.Section(bitstream.SECTION_ALPHA, imageio.encode_alpha(alpha))
+    data = codec.compress_array(photo_crop(32, 48), mode="RGBA", sections=(section,), model=model)
+    decoded = codec.decompress_array(data, model=model)
+    assert decoded.header.mode == "RGBA"
+    stored = dict((s.kind, s.data) for s in decoded.sections)[bitstream.SECTION_ALPHA]
+    assert np.array_equal(imageio.decode_alpha(stored, 32, 48), alpha)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,9 +95,28 @@ def check_size(height: int, width: int) -> None:
     Raises:
         CodecError: one-line message naming the limit.
     """
+    if height == 0 or width == 0:
+        raise CodecError(f"image {width}x{height} is empty")
     problem = bitstream.size_problem(height, width)
     if problem:
         raise CodecError(f"image {width}x{height} is too large for a .vae file: {problem}")
+
+
+def _check_mode(mode: str, sections, height: int, width: int) -> None:
+    """Refuse a ``mode`` the file could not restore: unknown, or with alpha but no alpha
+    section that decodes to a ``height x width`` plane (so no file is written that
+    :func:`decompress_array` would refuse)."""
+    if mode not in bitstream.MODES:
+        raise CodecError(f"mode must be one of {', '.join(bitstream.MODES)}, got {mode!r}")
+    alpha = [s for s in sections if getattr(s, "kind", None) == bitstream.SECTION_ALPHA]
+    if mode in ("RGBA", "LA"):
+        if not alpha:
+            raise CodecError(f"mode {mode} needs an alpha section (imageio.encode_alpha)")
+        from .imageio import decode_alpha
+        try:
+            decode_alpha(alpha[0].data, height, width)
+        except ValueError as exc:
+            raise CodecError(f"the alpha section does not hold a {width}x{height} plane: {exc}") from None
 
 
 def tile_count(height: int, width: int) -> int:
@@ -113,15 +133,19 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     side data. ``progress(n)`` is called after each tile. Raises :class:`CodecError` (also
     for a size a ``.vae`` file cannot hold, see :func:`check_size`, before any coding).
     """
+    if not isinstance(rgb, np.ndarray):
+        raise CodecError(f"expected an (H, W, 3) uint8 array, got {type(rgb).__name__}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    if not math.isfinite(float(quality)):
-        raise CodecError(f"quality must be between 1 and 8, got {quality}")
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Real) \
+            or not math.isfinite(float(quality)):
+        raise CodecError(f"quality must be a number between 1 and 8, got {quality!r}")
     quality_milli = round(float(quality) * 1000)
     if not 1000 <= quality_milli <= 8000:
         raise CodecError(f"quality must be between 1 and 8, got {quality}")
     height, width = rgb.shape[:2]
     check_size(height, width)
+    _check_mode(mode, sections, height, width)
     model = model or get_model()
     tile, overlap = _geometry(height, width)
     tiles = []

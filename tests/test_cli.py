@@ -361,6 +361,29 @@ def test_real_process_exit_status_and_stderr(photo_vae, tmp_path):
     assert listing(tmp_path) == ["bad.vae"]
 
 
+def test_sigterm_while_writing_leaves_no_file_behind(small_png, tmp_path):
+    # the process sends itself SIGTERM while fsyncing the temporary output: it must exit with
+    # status 143 and one line, and remove the temporary file (the output never appears)
+    script = ("import os, signal, sys\n"
+              "real = os.fsync\n"
+              "def fsync(fd):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    real(fd)\n"
+              "os.fsync = fsync\n"
+              "from vaecodec.cli import main\n"
+              "main(prog_name='vaecodec')\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VAECODEC_DEBUG", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script, "compress", str(small_png),
+                           str(out / "o.vae")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "Error: terminated"
+    assert listing(out) == []
+
+
 # --------------------------------------------------------------------------------------------
 # help
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +43,15 @@ def _path_argument(ctx, param, value: str) -> Path:
     return Path(value)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that cleanup (``finally``) runs: a half-written
+    temporary output file is removed, as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 class FriendlyGroup(click.Group):
     """Turns expected exceptions into ``Error: <one line>`` and exit status 1."""
 
@@ -50,9 +61,10 @@ class FriendlyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, _Terminated)
             if not getattr(exc, "reported", False):  # train's graceful stop has said what to do
-                click.echo("Error: interrupted", err=True)
-            raise click.exceptions.Exit(130) from None
+                click.echo(f"Error: {'terminated' if terminated else 'interrupted'}", err=True)
+            raise click.exceptions.Exit(143 if terminated else 130) from None
         except Exception as exc:
             if os.environ.get("VAECODEC_DEBUG"):
                 raise
@@ -75,6 +87,8 @@ def main():
     vaecodec decompress photo.vae restored.png
     vaecodec info photo.vae
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)   # train installs its own graceful stop
 
 
 @contextlib.contextmanager

@@ -254,6 +254,45 @@ def test_reuse_keeps_earlier_measurements(small_dataset, tmp_path):
     assert {e["codec"] for e in again["results"]} == {"jpeg", "webp"}
 
 
+def test_reuse_measures_again_when_the_image_changed(small_dataset, tmp_path, capsys):
+    out = tmp_path / "r"
+    first = benchmark.run_benchmark(small_dataset, "jpeg", out, jobs=1, progress=False)
+    stored = json.loads((out / "per-image.json").read_text())
+    assert {r["sha256"] for r in stored["records"] if r["image"] == "a"} == {
+        benchmark.pixel_digest(Image.open(small_dataset / "a.png").convert("RGB"))}
+    # same name, other pixels: a.png's stored measurements must not be credited to it
+    sample("camera", box=(0, 0, 128, 96)).save(small_dataset / "a.png")
+    capsys.readouterr()
+    again = benchmark.run_benchmark(small_dataset, "jpeg", out, progress=False, reuse=["jpeg"])
+    assert "measuring jpeg on a again: the stored measurement was made on a different image" \
+        in capsys.readouterr().err
+    records = json.loads((out / "per-image.json").read_text())["records"]
+    new_a = [r for r in records if r["image"] == "a"]
+    old_b = [r for r in stored["records"] if r["image"] == "b"]
+    assert all(r["sha256"] == benchmark.pixel_digest(Image.open(small_dataset / "a.png").convert("RGB"))
+               for r in new_a)
+    assert [r["encoding_time"] for r in records if r["image"] == "b"] == \
+        [r["encoding_time"] for r in old_b]                       # b was kept
+    assert again["results"][0]["results"]["bpp"] != first["results"][0]["results"]["bpp"]
+
+
+def test_reused_measurements_keep_their_date_and_jobs(small_dataset, tmp_path):
+    out = tmp_path / "r"
+    benchmark.run_benchmark(small_dataset, "jpeg", out, jobs=2, progress=False)
+    path = out / "per-image.json"
+    stored = json.loads(path.read_text())
+    for r in stored["records"]:        # as written before records carried their provenance
+        del r["measured"], r["jobs"]
+    stored["meta"]["date"] = "2026-01-02 03:04 UTC"
+    path.write_text(json.dumps(stored))
+    benchmark.run_benchmark(small_dataset, "jpeg", out, jobs=1, progress=False, reuse=["jpeg"])
+    meta = json.loads(path.read_text())["meta"]
+    assert meta["jobs"] == 2 and meta["measured"] == ["2026-01-02 03:04 UTC"]
+    report = (out / "report.md").read_text()
+    assert "measurements reused from 2026-01-02 03:04 UTC" in report
+    assert "parallel jobs: 2 (times with several jobs share the CPU" in report
+
+
 def test_head_to_head_ranks_two_codecs_directly():
     # vaecodec spends 10 % more bits than WebP for the same PSNR everywhere: +10 % head to head,
     # whatever each one's BD-rate against JPEG over its own overlap with JPEG says.

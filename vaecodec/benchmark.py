@@ -41,6 +41,7 @@ Command line: ``vaecodec benchmark`` (:data:`benchmark_command`) or ``python ben
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -433,6 +434,13 @@ class ImageSource:
         return Image.fromarray(np.asarray(arr)[..., :3]).convert("RGB")
 
 
+def pixel_digest(image: Image.Image) -> str:
+    """SHA-256 (hex) of an RGB image's size and pixels: what a stored measurement was made on."""
+    h = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    h.update(np.asarray(image.convert("RGB"), dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
 def default_dataset() -> Path | None:
     """Kodak at ``../shared/data/kodak`` (from the current directory) or
     ``<repo>/../shared/data/kodak``, when present; else ``None`` (scikit-image samples)."""
@@ -519,9 +527,10 @@ def _run_task(source: ImageSource, codec_name: str, threads: int) -> dict[str, A
         codec.load()
         image = source.load()
         width, height = image.size
+        digest = pixel_digest(image)
         for quality in codec.qualities:
             rec = {"image": source.name, "codec": codec.name, "quality": quality,
-                   "width": width, "height": height}
+                   "width": width, "height": height, "sha256": digest}
             rec.update(measure(codec, image, quality))
             records.append(rec)
     except Exception as exc:  # report and go on with the other images/codecs
@@ -690,7 +699,9 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
     tables."""
     lines = [f"# Rate-distortion benchmark: {meta['dataset']}", ""]
     lines += [f"- images: {meta['num_images']} ({meta['dataset_path']})",
-              f"- date: {meta['date']}; machine: {meta['machine']}",
+              f"- date: {meta['date']}; machine: {meta['machine']}"
+              + (f"; measurements reused from {', '.join(m for m in meta['measured'] if m != meta['date'])}"
+                 if any(m != meta["date"] for m in meta.get("measured", [])) else ""),
               f"- threads per codec: {meta['threads']}; parallel jobs: {meta['jobs']}"
               + (" (times with several jobs share the CPU and are noisier)"
                  if meta["jobs"] > 1 else ""),
@@ -767,16 +778,34 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
 
 def previous_records(out: Path, keep: Sequence[str]) -> dict[tuple[str, str], list[dict]]:
     """Measurements of an earlier run in ``out`` (``per-image.json``) for the codecs in ``keep``,
-    keyed by ``(codec, image)``; ``{}`` when there is none."""
+    keyed by ``(codec, image)``; ``{}`` when there is none. Each record says when and with how
+    many parallel jobs it was measured (``measured``, ``jobs``); records written before they
+    did take those of the run that stored them."""
     path = Path(out) / "per-image.json"
     if not path.exists():
         return {}
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    meta = stored.get("meta", {})
     grouped: dict[tuple[str, str], list[dict]] = {}
-    for r in json.loads(path.read_text(encoding="utf-8")).get("records", []):
+    for r in stored.get("records", []):
         if r.get("codec") in keep:   # JSON stored NaN as null
             r = {k: (math.nan if v is None else v) for k, v in r.items()}
+            r.setdefault("measured", meta.get("date", "unknown date"))
+            r.setdefault("jobs", meta.get("jobs", 1))
             grouped.setdefault((r["codec"], r["image"]), []).append(r)
     return grouped
+
+
+def _still_valid(records: list[dict], digest: str, size: tuple[int, int]) -> bool:
+    """Whether stored ``records`` were measured on the image whose pixels hash to ``digest``
+    (records older than the digest field: on an image of the same ``(width, height)``)."""
+    for r in records:
+        if "sha256" in r:
+            if r["sha256"] != digest:
+                return False
+        elif (r.get("width"), r.get("height")) != size:
+            return False
+    return True
 
 
 def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs: int = 1,
@@ -818,6 +847,22 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kept = previous_records(out, reuse)
+    for src in sources:
+        stale = [c.name for c in available if (c.name, src.name) in kept]
+        if stale:
+            image = src.load()
+            digest = pixel_digest(image)
+            for name in stale:
+                if _still_valid(kept[(name, src.name)], digest, image.size):
+                    for r in kept[(name, src.name)]:
+                        r["sha256"] = digest
+                else:
+                    notice(f"measuring {name} on {src.name} again: the stored measurement "
+                           "was made on a different image")
+                    del kept[(name, src.name)]
+    if reuse and not kept:
+        notice(f"nothing to reuse in {out / 'per-image.json'}: measuring every codec")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results: list[dict[str, Any]] = [{"records": kept[(c.name, src.name)], "error": None}
                                      for src in sources for c in available
                                      if (c.name, src.name) in kept]
@@ -850,6 +895,9 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
         bar.close()
 
     records = [r for res in results for r in res["records"]]
+    for r in records:
+        r.setdefault("measured", now)   # fresh measurements; reused ones keep theirs
+        r.setdefault("jobs", jobs)
     order = {s.name: i for i, s in enumerate(sources)}
     records.sort(key=lambda r: (names.index(r["codec"]), order[r["image"]], str(r["quality"])))
     errors = [res["error"] for res in results if res["error"]]
@@ -868,11 +916,12 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
                          else "scikit-image samples"),
         "num_images": len(sources),
         "images": [s.name for s in sources],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": now,
+        "measured": sorted({r["measured"] for r in records}),
         "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, "
                     f"Python {platform.python_version()}"),
         "threads": threads,
-        "jobs": jobs,
+        "jobs": max((r["jobs"] for r in records), default=jobs),   # of the timings shown
         "msssim_note": (f"MS-SSIM is NaN for {len(set(small))} image(s) smaller than "
                         f"{metrics.MS_SSIM_MIN_SIDE} px on a side" if small else ""),
     }

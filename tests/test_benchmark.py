@@ -233,6 +233,9 @@ def test_cli(small_dataset, tmp_path):
     res = runner.invoke(benchmark.benchmark_command,
                         ["--dataset", str(small_dataset), "--codecs", "jpeg,foo"])
     assert res.exit_code == 2 and "unknown codec 'foo'" in res.output
+    res = runner.invoke(benchmark.benchmark_command,
+                        ["--dataset", str(small_dataset), "--codecs", "jpeg", "--reuse", "bogus"])
+    assert res.exit_code == 2 and "'--reuse'" in res.output and "unknown codec 'bogus'" in res.output
     res = runner.invoke(benchmark.benchmark_command, ["--dataset", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "does not exist" in res.output
     out = tmp_path / "cli-out"

@@ -388,9 +388,9 @@ ALIASES = {"jpg": "jpeg", "jxl": "jpegxl", "j2k": "jpeg2000", "jp2": "jpeg2000",
            "heif": "heic", "vae": "vaecodec"}
 
 
-def parse_codecs(codecs: str | Sequence[str]) -> list[str]:
-    """Canonical codec names from a comma list or a sequence; :class:`click.BadParameter` on an
-    unknown name. Duplicates are dropped, order kept."""
+def parse_codecs(codecs: str | Sequence[str], option: str = "--codecs") -> list[str]:
+    """Canonical codec names from a comma list or a sequence; :class:`click.BadParameter`
+    (naming ``option``) on an unknown name. Duplicates are dropped, order kept."""
     items = codecs.split(",") if isinstance(codecs, str) else list(codecs)
     names: list[str] = []
     for item in items:
@@ -401,11 +401,11 @@ def parse_codecs(codecs: str | Sequence[str]) -> list[str]:
         if key not in CODECS:
             raise click.BadParameter(
                 f"unknown codec {item.strip()!r}; choose from {', '.join(CODECS)}",
-                param_hint="'--codecs'")
+                param_hint=f"'{option}'")
         if key not in names:
             names.append(key)
     if not names:
-        raise click.BadParameter("no codec given", param_hint="'--codecs'")
+        raise click.BadParameter("no codec given", param_hint=f"'{option}'")
     return names
 
 
@@ -960,7 +960,9 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
 
 
 def _parse_codecs_option(ctx, param, value):
-    return parse_codecs(value)
+    if param.name == "reuse" and not value:
+        return []
+    return parse_codecs(value, option=param.opts[0])
 
 
 @click.command("benchmark", context_settings={"help_option_names": ["-h", "--help"]})
@@ -983,11 +985,11 @@ def _parse_codecs_option(ctx, param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads each codec may use (1 keeps encode/decode times comparable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--reuse", default="", metavar="CODECS",
+@click.option("--reuse", default="", metavar="CODECS", callback=_parse_codecs_option,
               help="Comma list of codecs whose per-image results already in OUT are kept "
                    "(e.g. the classical codecs when only the vaecodec weights changed).")
 def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None, jobs: int,
-                      limit: int | None, threads: int, quiet: bool, reuse: str) -> None:
+                      limit: int | None, threads: int, quiet: bool, reuse: list[str]) -> None:
     """Rate-distortion benchmark of vaecodec against JPEG, WebP, AVIF, JPEG XL and JPEG 2000.
 
     For every image and quality it measures the real file size (bpp), PSNR-RGB (dB), MS-SSIM
@@ -1003,9 +1005,8 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
     name = dataset.resolve().name if dataset is not None else "skimage"
     if out is None:
         out = Path("benchmarks") / "results" / name
-    reuse_names = parse_codecs(reuse) if reuse else []
     result = run_benchmark(dataset, codecs, out, jobs=jobs, limit=limit, threads=threads,
-                           progress=not quiet, reuse=reuse_names)
+                           progress=not quiet, reuse=reuse)
     click.echo(f"{len(result['images'])} images, codecs: "
                f"{', '.join(e['name'] for e in result['results'])}")
     if result["anchor"]:

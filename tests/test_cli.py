@@ -496,3 +496,19 @@ def test_endless_stream_with_huge_declared_lengths_is_refused(small_vae, tmp_pat
     writer.join(timeout=30)
     assert not writer.is_alive() and sum(written) < 16 << 20
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".bmp"])
+def test_alpha_to_a_format_without_transparency_is_refused_before_decoding(tmp_path, monkeypatch,
+                                                                           ext):
+    rgba = np.dstack([photo_crop(32, 40, seed=3), np.full((32, 40), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert cli("compress", tmp_path / "a.png", tmp_path / "a.vae").exit_code == 0
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before refusing")
+
+    monkeypatch.setattr(codec, "decompress_array", no_decoding)
+    assert_refused(cli("decompress", tmp_path / "a.vae", tmp_path / f"out{ext}"),
+                   "cannot store transparency")
+    assert listing(tmp_path) == ["a.png", "a.vae"]

@@ -215,6 +215,7 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     data = _read_input_bytes(input)
     model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)
+    imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
     # differs before it allocates anything
     with _progress(codec.tile_count(header.height, header.width), "decompress") as update:

@@ -828,6 +828,22 @@ def atomic_write_bytes(path: PathLike, data: bytes, force: bool = False) -> None
             os.close(dfd)
 
 
+def check_output_mode(path: PathLike, mode: str) -> None:
+    """Refuse writing an image of Pillow ``mode`` to ``path`` when the format its extension
+    selects cannot store it (transparency in JPEG or BMP), so a caller can refuse before doing
+    the work that makes the image. Unknown extensions are left to :func:`write_image`.
+
+    Raises:
+        ImageError: ``"cannot write X: JPEG cannot store transparency; use .png, .webp or .tif"``.
+    """
+    ext = os.path.splitext(os.fsdecode(os.fspath(path)))[1].lower()
+    fmt = WRITE_FORMATS.get(ext)
+    if fmt in ("JPEG", "BMP") and mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        raise ImageError(
+            f"cannot write {_name(path)}: {fmt} cannot store transparency; use .png, .webp or .tif"
+        )
+
+
 def write_image(
     path: PathLike, image: Image.Image, icc_profile: bytes | None, force: bool = False
 ) -> list[str]:
@@ -866,10 +882,7 @@ def write_image(
 
     notices: list[str] = []
     mode = image.mode
-    if fmt in ("JPEG", "BMP") and mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        raise ImageError(
-            f"cannot write {name}: {fmt} cannot store transparency; use .png, .webp or .tif"
-        )
+    check_output_mode(path, mode)
     if fmt == "WEBP" and mode in ("L", "LA"):
         image = image.convert("RGB" if mode == "L" else "RGBA")
         notices.append(f"WebP has no greyscale mode; {mode} image written as {image.mode}")

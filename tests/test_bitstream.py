@@ -191,7 +191,9 @@ def test_every_truncation_refused(c):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(containers(max_tiles=2), st.binary(min_size=1, max_size=8))
 def test_appended_bytes_refused(c, extra):
-    refused(pack(c) + extra)
+    msg = refused(pack(c) + extra)
+    assert msg == ("file is corrupted or truncated (checksum mismatch); "
+                   f"its last {len(extra)} bytes follow a complete file")
 
 
 class Endless(io.RawIOBase):

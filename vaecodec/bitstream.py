@@ -15,6 +15,7 @@ to be shown to the user as is.
 """
 from __future__ import annotations
 
+import io
 import operator
 import struct
 import zlib
@@ -366,8 +367,21 @@ def _check_envelope(data) -> memoryview:
     _check_version(view[4])
     (stored,) = _CRC.unpack(view[-4:])
     if zlib.crc32(view[:-4]) & _U32 != stored:
-        raise BitstreamError("file is corrupted or truncated (checksum mismatch)")
+        raise BitstreamError(f"file is corrupted or truncated (checksum mismatch){_appended(view)}")
     return view
+
+
+def _appended(view: memoryview) -> str:
+    """``"; its last N bytes follow a complete file"`` when ``view`` is a whole, CRC-valid file
+    with bytes appended (so the message says why the checksum failed), else ``""``."""
+    try:
+        whole = read_file(io.BytesIO(view))
+    except BitstreamError:
+        return ""
+    n = len(whole)
+    if MIN_FILE_SIZE <= n < len(view) and zlib.crc32(view[:n - 4]) & _U32 == _CRC.unpack(view[n - 4:n])[0]:
+        return f"; its last {len(view) - n} bytes follow a complete file"
+    return ""
 
 
 def _parse_header(view: memoryview) -> tuple[Header, int, int]:

@@ -869,7 +869,7 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
     tasks = [(src, codec.name) for src in sources for codec in available
              if (codec.name, src.name) not in kept]
     from tqdm import tqdm
-    bar = tqdm(total=len(tasks), desc="benchmark", unit="task", disable=not progress,
+    bar = tqdm(total=len(tasks), desc="benchmark", unit="task", disable=not progress or not tasks,
                file=sys.stderr)
     try:
         if jobs == 1:

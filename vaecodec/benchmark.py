@@ -602,8 +602,9 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
 
 def head_to_head(entries: list[dict[str, Any]], subject: str = SUBJECT) -> dict[str, dict]:
     """BD-rate (%) and BD-PSNR (dB) of ``subject`` against every other codec directly, over the
-    rate range the two curves share (PSNR-RGB; also BD-rate on MS-SSIM in dB). Anchored BD-rates (each codec vs JPEG, each over
-    its own overlap with JPEG) cannot be subtracted to rank two codecs; these can.
+    rate range the two curves share (PSNR-RGB; also BD-rate on MS-SSIM in dB). Anchored
+    BD-rates (each codec vs JPEG, each over its own overlap with JPEG) cannot be subtracted to
+    rank two codecs; these can.
     ``{}`` when ``subject`` was not run."""
     test = next((e["results"] for e in entries if e["codec"] == subject), None)
     if test is None:
@@ -697,11 +698,11 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
                  summary: dict[str, Any], skipped: dict[str, str], errors: list[str]) -> None:
     """``report.md``: settings, BD tables against the anchor, PSNR at fixed rates, per-quality
     tables."""
+    earlier = [m for m in meta.get("measured", []) if m != meta["date"]]
     lines = [f"# Rate-distortion benchmark: {meta['dataset']}", ""]
     lines += [f"- images: {meta['num_images']} ({meta['dataset_path']})",
               f"- date: {meta['date']}; machine: {meta['machine']}"
-              + (f"; measurements reused from {', '.join(m for m in meta['measured'] if m != meta['date'])}"
-                 if any(m != meta["date"] for m in meta.get("measured", [])) else ""),
+              + (f"; measurements reused from {', '.join(earlier)}" if earlier else ""),
               f"- threads per codec: {meta['threads']}; parallel jobs: {meta['jobs']}"
               + (" (times with several jobs share the CPU and are noisier)"
                  if meta["jobs"] > 1 else ""),

@@ -8,8 +8,8 @@ tile, and a CRC-32 over all of it. The byte layout is specified in ``bitstream/S
 This module only frames bytes; it knows nothing about how the streams were entropy coded. It uses
 the standard library only (no torch, no numpy), so ``vaecodec info`` and validation stay cheap.
 
-Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, :func:`read_file`, the dataclasses :class:`Header`,
-:class:`TileStreams`, :class:`Section`, :class:`Container`, and :class:`BitstreamError`, raised
+Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, :func:`read_file`, the
+dataclasses :class:`Header`, :class:`TileStreams`, :class:`Section`, :class:`Container`, and :class:`BitstreamError`, raised
 for every file (or, in :func:`pack`, every input) that is refused, with a one-line message meant
 to be shown to the user as is.
 """
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
-    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS",
+    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS", "ALPHA_MODES",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
-    "pack", "unpack", "peek_header", "read_file", "stream_limit", "size_problem", "check_magic",
+    "pack", "unpack", "peek_header", "read_file", "stream_limit", "tile_starts", "size_problem",
+    "check_magic",
 ]
 
 MAGIC = b"VAEC"
@@ -37,7 +38,7 @@ MAX_TILES = 1_000_000     # tile counts above this are refused
 QUALITY_MILLI_MIN, QUALITY_MILLI_MAX = 1000, 8000
 
 MODES = ("RGB", "L", "RGBA", "LA")          # mode code = index in this tuple
-_ALPHA_MODES = frozenset({"RGBA", "LA"})
+ALPHA_MODES = frozenset({"RGBA", "LA"})   # modes whose files carry an alpha section
 
 SECTION_ICC = 1       # ICC colour profile of the original image (raw profile bytes)
 SECTION_ALPHA = 2     # alpha plane, compressed by the codec (opaque bytes); RGBA / LA files only
@@ -239,7 +240,7 @@ def _sections_problem(sections, mode: str) -> str | None:
         if s.kind in seen:
             return f"section kind {s.kind} appears more than once"
         seen.add(s.kind)
-        if s.kind == SECTION_ALPHA and mode not in _ALPHA_MODES:
+        if s.kind == SECTION_ALPHA and mode not in ALPHA_MODES:
             return f"alpha section in a file of mode {mode} (only RGBA and LA have alpha)"
         if not isinstance(s.data, (bytes, bytearray)):
             return f"section {s.kind} data must be bytes"
@@ -379,7 +380,8 @@ def _appended(view: memoryview) -> str:
     except BitstreamError:
         return ""
     n = len(whole)
-    if MIN_FILE_SIZE <= n < len(view) and zlib.crc32(view[:n - 4]) & _U32 == _CRC.unpack(view[n - 4:n])[0]:
+    if MIN_FILE_SIZE <= n < len(view) and \
+            zlib.crc32(view[:n - 4]) & _U32 == _CRC.unpack(view[n - 4:n])[0]:
         return f"; its last {len(view) - n} bytes follow a complete file"
     return ""
 
@@ -411,20 +413,27 @@ STREAM_SLACK = 64
 SECTION_SLACK = 64 << 20
 
 
-def _padded_sides(n: int, tile: int, overlap: int) -> list[int]:
-    """Padded lengths (multiples of 64) of the tiles along a side of ``n`` pixels (SPEC.md)."""
+def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles start along a side of ``n`` pixels (SPEC.md, "Tiles and padding"): ``[0]``
+    when ``tile == 0`` or ``n <= tile``, else every ``tile - overlap`` pixels,
+    ``ceil((n - overlap) / step)`` of them; each is ``min(tile, n - start)`` long."""
     if tile == 0 or n <= tile:
-        return [-(-n // 64) * 64]
+        return [0]
     step = tile - overlap
-    count = -(-(n - overlap) // step)
-    return [-(-min(tile, n - i * step) // 64) * 64 for i in range(count)]
+    return [i * step for i in range(-(-(n - overlap) // step))]
+
+
+def _padded_sides(n: int, tile: int, overlap: int) -> list[int]:
+    """Padded lengths (multiples of 64) of the tiles along a side of ``n`` pixels."""
+    length = tile if tile and n > tile else n
+    return [-(-min(length, n - s) // 64) * 64 for s in tile_starts(n, tile, overlap)]
 
 
 def stream_limit(h: Header) -> int:
     """The most bytes a streaming reader accepts for a file with header ``h``: the tile grid's
-    latents at :data:`STREAM_BYTES_PER_LATENT` bytes each (an entropy-coded latent costs at most
-    2 bytes plus a 4-byte escape varint), :data:`STREAM_SLACK` per tile, and sections of up to 2 bytes
-    per pixel plus :data:`SECTION_SLACK`. No file vaecodec writes comes near it."""
+    latents at :data:`STREAM_BYTES_PER_LATENT` bytes each (an entropy-coded latent costs at
+    most 2 bytes plus a 4-byte escape varint), :data:`STREAM_SLACK` per tile, and sections of
+    up to 2 bytes per pixel plus :data:`SECTION_SLACK`. No file vaecodec writes comes near it."""
     rows = _padded_sides(h.height, h.tile_size, h.tile_overlap)
     cols = _padded_sides(h.width, h.tile_size, h.tile_overlap)
     area = sum(rows) * sum(cols)   # sum over the grid of padded tile areas (it is separable)

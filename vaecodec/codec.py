@@ -48,16 +48,9 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[in
     """
     if tile == 0:
         return [(0, 0, height, width)]
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        step = tile - overlap
-        count = math.ceil((n - overlap) / step)
-        return [i * step for i in range(count)]
-
     return [(t, l, min(tile, height - t), min(tile, width - l))
-            for t in starts(height) for l in starts(width)]
+            for t in bitstream.tile_starts(height, tile, overlap)
+            for l in bitstream.tile_starts(width, tile, overlap)]
 
 
 def _ramp(length: int, start_overlap: int, end_overlap: int) -> np.ndarray:
@@ -109,7 +102,7 @@ def _check_mode(mode: str, sections, height: int, width: int) -> None:
     if mode not in bitstream.MODES:
         raise CodecError(f"mode must be one of {', '.join(bitstream.MODES)}, got {mode!r}")
     alpha = [s for s in sections if getattr(s, "kind", None) == bitstream.SECTION_ALPHA]
-    if mode in ("RGBA", "LA"):
+    if mode in bitstream.ALPHA_MODES:
         if not alpha:
             raise CodecError(f"mode {mode} needs an alpha section (imageio.encode_alpha)")
         from .imageio import decode_alpha

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
 from .model import STRIDE, MeanScaleHyperprior, check_lambdas
 
+PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
@@ -64,6 +65,9 @@ class TrainConfig:
         def number(value) -> bool:
             return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
+        def integer(value) -> bool:
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
         def finite_positive(name):
             value = getattr(self, name)
             if not (number(value) and math.isfinite(value) and value > 0):
@@ -74,15 +78,14 @@ class TrainConfig:
         for name, least in (("N", 1), ("M", 1), ("batch", 1), ("val_every", 1),
                             ("warmup", 0), ("max_steps", 0), ("threads", 0), ("seed", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            if not integer(value) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
-        if isinstance(self.crop, bool) or not isinstance(self.crop, numbers.Integral) \
-                or self.crop < STRIDE or self.crop % STRIDE:
+        if not integer(self.crop) or self.crop < STRIDE or self.crop % STRIDE:
             raise ValueError(f"TrainConfig.crop must be a positive multiple of {STRIDE}, "
                              f"got {self.crop!r}")
         if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be auto, bf16 or fp32, got {self.precision!r}")
         for name in ("data", "out", "device"):
             value = getattr(self, name)
@@ -169,7 +172,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     and ``"fp32"`` are kept as asked (bf16 without native support comes with a warning).
     Raises ``ValueError`` for any other value.
     """
-    if precision not in ("auto", "bf16", "fp32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     native = native_bf16(device)
     if precision == "auto":

@@ -301,6 +301,10 @@ def _lambdas_option(ctx, param, value):
               help="Filters.")
 @click.option("--M", "M", type=click.IntRange(min=1), default=192, show_default=True,
               help="Latent channels.")
+@click.option("--slices", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Channel slices of the latents, coded one after another, each with a "
+                   "context of the slices before it (Minnen & Singh 2020); must divide M. "
+                   "1: the plain mean-scale hyperprior.")
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",
               help="λ of each quality level (MSE on 0..255 values), comma-separated; overrides "
                    "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")
@@ -329,7 +333,8 @@ def _export(checkpoint: Path, out: Path) -> None:
     from .model import MeanScaleHyperprior
     from .train import checkpoint_config, load_checkpoint
     cfg = checkpoint_config(checkpoint)
-    model = MeanScaleHyperprior(cfg.get("N", 128), cfg.get("M", 192))
+    # checkpoints from before channel slices existed have no "slices": the plain hyperprior
+    model = MeanScaleHyperprior(cfg.get("N", 128), cfg.get("M", 192), slices=cfg.get("slices", 1))
     steps = load_checkpoint(checkpoint, model)
     fp = weights.export(model, out, steps=steps)
     click.echo(f"exported {checkpoint} (step {steps}) to {out}/ (fingerprint {fp.hex()})")

@@ -10,8 +10,9 @@ Vocabulary as in constriction: *models* give probabilities, *coders* turn symbol
 - :func:`scale_table`, :func:`gaussian_tables`, :func:`factorized_tables`: integer probability
   tables built once, at export, and stored with the weights. Coding never evaluates a network-
   dependent float CDF, so encoder and decoder see identical models on every machine.
-- :func:`encode_indexed` / :func:`decode_indexed`: code an integer array whose every element selects
-  one of those tables, with an escape code for symbols outside a table's range.
+- :class:`IndexedEncoder` / :class:`IndexedDecoder` (and the one-call :func:`encode_indexed` /
+  :func:`decode_indexed`): code integer arrays whose every element selects one of those tables,
+  with an escape code for symbols outside a table's range.
 
 Training quantities are in nats/bits of the noisy latents: ``-log2(likelihood)`` summed over
 elements is the rate in bits (the VAE's KL term up to a constant).
@@ -279,56 +280,100 @@ class EscapeReader:
             raise EntropyCodingError("escape stream has trailing bytes")
 
 
-def encode_indexed(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> tuple[bytes, bytes]:
-    """Entropy-code integers, element ``i`` with table ``indexes[i]``.
+class IndexedEncoder:
+    """Entropy-codes integer arrays, element ``i`` with table ``indexes[i]``, into one range-coded
+    stream and one escape stream; several :meth:`encode` calls append in order (the slices of
+    ``y``), and :class:`IndexedDecoder` reads them back with the same calls in the same order.
 
-    Elements are coded grouped by table (ascending table index, original order within a group),
-    one vectorised constriction range-coder call per group. Symbols outside a table's range are
-    coded as the escape symbol and their value is appended to the escape stream (zigzag LEB128),
-    so encoding never fails. Returns ``(range-coded bytes, escape bytes)``.
+    In each call, elements are coded grouped by table (ascending table index, C order within a
+    group), one vectorised constriction range-coder call per group. Symbols outside a table's
+    range are coded as the escape symbol and their value is appended to the escape stream
+    (zigzag LEB128), so encoding never fails.
     """
-    import constriction
-    symbols = np.asarray(symbols, dtype=np.int64).ravel()
-    indexes = np.asarray(indexes, dtype=np.int64).ravel()
-    encoder = constriction.stream.queue.RangeEncoder()
-    escaped: list[int] = []
-    for k in np.unique(indexes):
-        values = symbols[indexes == k]
-        local = values - tables.offsets[k]
-        escape = int(tables.lengths[k]) - 1
-        outside = (local < 0) | (local >= escape)
-        if outside.any():
-            escaped.extend(int(v) for v in values[outside])
-            local = np.where(outside, escape, local)
-        encoder.encode(local.astype(np.int32), tables.model(int(k)))
-    return encoder.get_compressed().astype("<u4").tobytes(), _zigzag_varints(escaped)
+
+    def __init__(self, tables: Tables):
+        import constriction
+        self.tables = tables
+        self.encoder = constriction.stream.queue.RangeEncoder()
+        self.escaped: list[int] = []
+
+    def encode(self, symbols: np.ndarray, indexes: np.ndarray) -> None:
+        """Append ``symbols`` (integers, any shape) coded with the tables ``indexes`` (same shape)."""
+        symbols = np.asarray(symbols, dtype=np.int64).ravel()
+        indexes = np.asarray(indexes, dtype=np.int64).ravel()
+        tables = self.tables
+        for k in np.unique(indexes):
+            values = symbols[indexes == k]
+            local = values - tables.offsets[k]
+            escape = int(tables.lengths[k]) - 1
+            outside = (local < 0) | (local >= escape)
+            if outside.any():
+                self.escaped.extend(int(v) for v in values[outside])
+                local = np.where(outside, escape, local)
+            self.encoder.encode(local.astype(np.int32), tables.model(int(k)))
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """``(range-coded bytes, escape bytes)`` of everything encoded."""
+        return self.encoder.get_compressed().astype("<u4").tobytes(), _zigzag_varints(self.escaped)
+
+
+def encode_indexed(symbols: np.ndarray, indexes: np.ndarray, tables: Tables) -> tuple[bytes, bytes]:
+    """Entropy-code integers, element ``i`` with table ``indexes[i]`` (one
+    :class:`IndexedEncoder` call). Returns ``(range-coded bytes, escape bytes)``."""
+    encoder = IndexedEncoder(tables)
+    encoder.encode(symbols, indexes)
+    return encoder.finish()
+
+
+class IndexedDecoder:
+    """Inverse of :class:`IndexedEncoder`: :meth:`decode` with the encoder's ``indexes``, call by
+    call, then :meth:`finish`. Escaped values come from ``escapes``. Raises
+    :class:`EntropyCodingError` on damaged data."""
+
+    def __init__(self, data: bytes, tables: Tables, escapes: EscapeReader):
+        import constriction
+        if len(data) % 4:
+            raise EntropyCodingError("entropy-coded stream length is not a multiple of 4 bytes")
+        self.tables, self.escapes = tables, escapes
+        try:
+            words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+            self.decoder = constriction.stream.queue.RangeDecoder(words)
+        except Exception as exc:  # constriction raises on invalid compressed data
+            raise EntropyCodingError(f"entropy-coded stream does not decode ({exc})") from None
+
+    def decode(self, indexes: np.ndarray) -> np.ndarray:
+        """int64 symbols shaped like ``indexes`` (the tables the encoder used)."""
+        indexes = np.asarray(indexes, dtype=np.int64)
+        flat = indexes.ravel()
+        out = np.empty(flat.shape, dtype=np.int64)
+        tables = self.tables
+        try:
+            for k in np.unique(flat):
+                where = np.nonzero(flat == k)[0]
+                local = np.asarray(self.decoder.decode(tables.model(int(k)), len(where)), dtype=np.int64)
+                values = local + tables.offsets[k]
+                escape = int(tables.lengths[k]) - 1
+                hit = local == escape
+                if hit.any():
+                    values[hit] = self.escapes.read(int(hit.sum()))
+                out[where] = values
+        except EntropyCodingError:
+            raise
+        except Exception as exc:  # constriction raises on invalid compressed data
+            raise EntropyCodingError(f"entropy-coded stream does not decode ({exc})") from None
+        return out.reshape(indexes.shape)
+
+    def finish(self) -> None:
+        """Raises :class:`EntropyCodingError` if the stream holds data past the last symbol."""
+        if not self.decoder.maybe_exhausted():
+            raise EntropyCodingError("entropy-coded stream has data past its last symbol")
 
 
 def decode_indexed(data: bytes, indexes: np.ndarray, tables: Tables,
                    escapes: EscapeReader) -> np.ndarray:
     """Inverse of :func:`encode_indexed`; ``indexes`` must equal the encoder's. Returns int64
     symbols shaped like ``indexes``. Raises :class:`EntropyCodingError` on damaged data."""
-    import constriction
-    if len(data) % 4:
-        raise EntropyCodingError("entropy-coded stream length is not a multiple of 4 bytes")
-    indexes = np.asarray(indexes, dtype=np.int64)
-    flat = indexes.ravel()
-    out = np.empty(flat.shape, dtype=np.int64)
-    try:
-        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-        for k in np.unique(flat):
-            where = np.nonzero(flat == k)[0]
-            local = np.asarray(decoder.decode(tables.model(int(k)), len(where)), dtype=np.int64)
-            values = local + tables.offsets[k]
-            escape = int(tables.lengths[k]) - 1
-            hit = local == escape
-            if hit.any():
-                values[hit] = escapes.read(int(hit.sum()))
-            out[where] = values
-        if not decoder.maybe_exhausted():
-            raise EntropyCodingError("entropy-coded stream has data past its last symbol")
-    except EntropyCodingError:
-        raise
-    except Exception as exc:  # constriction raises on invalid compressed data
-        raise EntropyCodingError(f"entropy-coded stream does not decode ({exc})") from None
-    return out.reshape(indexes.shape)
+    decoder = IndexedDecoder(data, tables, escapes)
+    out = decoder.decode(indexes)
+    decoder.finish()
+    return out

@@ -35,46 +35,66 @@ WEIGHT_MAX_BITS = 13   # |w_int| <= 2**13
 Z_MAX = 2 ** 12        # |z_hat| clamp at the network input
 
 
-def _layers(h_s: nn.Sequential) -> list[nn.Module]:
-    return [m for m in h_s if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+CONTEXT_FRAC = 8        # fractional bits of the channel context's inputs
+CONTEXT_MAX = 2 ** 11   # |input| clamp of the channel context (model.CONTEXT_CLAMP)
 
 
-def quantize_hyper_synthesis(h_s: nn.Sequential, log_scales: np.ndarray) -> dict[str, torch.Tensor]:
-    """Integer tensors of ``h_s`` for :class:`IntegerHyperSynthesis` (stored with the weights).
+def _layers(net: nn.Sequential) -> list[nn.Module]:
+    return [m for m in net if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
 
-    ``log_scales``: natural logs of the scale table ``(L,)``. Returns weights (int32), biases and
-    thresholds (int64), and per-layer ``shift`` and ``frac`` bits (int64).
+
+def quantize_network(net: nn.Sequential, frac_in: int = 0) -> dict[str, torch.Tensor]:
+    """Integer tensors of ``net`` (convolutions and ReLU only) for :class:`IntegerNetwork`.
+
+    ``frac_in``: fractional bits of the integer input. Returns per layer ``layer{i}.weight``
+    (int32, ``|w| <= 2**13``) and ``layer{i}.bias`` (int64, at the accumulator's scale), and
+    ``shift``, ``frac``, ``transposed``, ``stride`` (int64, one entry per layer).
+    Raises ``ValueError`` when a weight is too large for the format.
     """
     out: dict[str, torch.Tensor] = {}
-    frac_in = 0  # z_hat is an integer
-    layers = _layers(h_s)
+    layers = _layers(net)
     shifts, fracs = [], []
     for i, layer in enumerate(layers):
         w = layer.weight.detach().double()
-        wb = WEIGHT_MAX_BITS - math.ceil(math.log2(float(w.abs().max()) + 1e-30))
+        # at most 30 fractional bits: an all-zero (untrained) layer stays representable
+        wb = min(30, WEIGHT_MAX_BITS - math.ceil(math.log2(float(w.abs().max()) + 1e-30)))
         out[f"layer{i}.weight"] = torch.round(w * 2.0**wb).to(torch.int32)
         acc_frac = frac_in + wb
         out[f"layer{i}.bias"] = torch.round(layer.bias.detach().double() * 2.0**acc_frac).to(torch.int64)
         fracs.append(acc_frac)
         if i < len(layers) - 1:
             if acc_frac < ACT_BITS:
-                raise ValueError("h_s weights too large for the fixed-point format")
+                raise ValueError("weights too large for the fixed-point format")
             shifts.append(acc_frac - ACT_BITS)
             frac_in = ACT_BITS
         else:
             shifts.append(0)
-    mid = (log_scales[1:] + log_scales[:-1]) / 2
-    out["scale_thresholds"] = torch.from_numpy(np.round(mid * 2.0 ** fracs[-1])).to(torch.int64)
     out["shift"] = torch.tensor(shifts, dtype=torch.int64)
     out["frac"] = torch.tensor(fracs, dtype=torch.int64)
-    kinds = [1 if isinstance(m, nn.ConvTranspose2d) else 0 for m in layers]
-    out["transposed"] = torch.tensor(kinds, dtype=torch.int64)
+    out["transposed"] = torch.tensor([1 if isinstance(m, nn.ConvTranspose2d) else 0 for m in layers],
+                                     dtype=torch.int64)
     out["stride"] = torch.tensor([m.stride[0] for m in layers], dtype=torch.int64)
     return out
 
 
-class IntegerHyperSynthesis:
-    """Evaluates the quantised ``h_s`` exactly. Built from :func:`quantize_hyper_synthesis`."""
+def quantize_hyper_synthesis(h_s: nn.Sequential, log_scales: np.ndarray) -> dict[str, torch.Tensor]:
+    """Integer tensors of ``h_s`` for :class:`IntegerHyperSynthesis` (stored with the weights):
+    those of :func:`quantize_network` (input ``z_hat``, an integer) plus ``scale_thresholds``
+    (int64): the midpoints of ``log_scales`` (natural logs of the scale table ``(L,)``) at the
+    last layer's scale."""
+    out = quantize_network(h_s, frac_in=0)
+    mid = (log_scales[1:] + log_scales[:-1]) / 2
+    out["scale_thresholds"] = torch.from_numpy(np.round(mid * 2.0 ** int(out["frac"][-1]))).to(torch.int64)
+    return out
+
+
+class IntegerNetwork:
+    """Evaluates a network quantised by :func:`quantize_network` exactly.
+
+    Input: integers (float64 tensor) with the quantisation's ``frac_in`` fractional bits, each
+    ``|x| <= 2**24``. Output: the last layer's accumulator divided by ``2**frac``, an exact
+    float64 (the accumulator stays below ``2**53``).
+    """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         n = len(tensors["shift"])
@@ -84,12 +104,9 @@ class IntegerHyperSynthesis:
         self.frac = [int(f) for f in tensors["frac"]]
         self.transposed = [bool(t) for t in tensors["transposed"]]
         self.stride = [int(s) for s in tensors["stride"]]
-        self.thresholds = tensors["scale_thresholds"].double()
 
-    def __call__(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z_hat`` ``(B, N, h, w)`` integers -> mean ``(B, M, 4h, 4w)`` float32 and scale
-        index ``(B, M, 4h, 4w)`` int64 in ``[0, len(scale table) - 1]``."""
-        x = z_hat.detach().to("cpu", torch.float64).round().clamp(-Z_MAX, Z_MAX)
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's integer accumulator (float64) for integer input ``x``."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             k = w.shape[-1]
@@ -100,7 +117,45 @@ class IntegerHyperSynthesis:
                 x = F.conv2d(x, w, b, stride=self.stride[i], padding=k // 2)
             if i < last:
                 x = torch.floor(x.clamp_min(0) * 2.0 ** -self.shift[i]).clamp_max(ACT_MAX)
-        mean_acc, scale_acc = x.chunk(2, dim=1)
-        mean = (mean_acc * 2.0 ** -self.frac[last]).float()
-        index = torch.bucketize(scale_acc, self.thresholds, right=True)
-        return mean, index
+        return x
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The output for integer input ``x``: accumulator over ``2**frac``, exact float64."""
+        return self.accumulate(x) * 2.0 ** -self.frac[-1]
+
+    __call__ = value
+
+
+class IntegerHyperSynthesis(IntegerNetwork):
+    """Evaluates the quantised ``h_s`` exactly. Built from :func:`quantize_hyper_synthesis`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__(tensors)
+        self.thresholds = tensors["scale_thresholds"].double()
+
+    def __call__(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_hat`` ``(B, N, h, w)`` integers -> mean ``(B, M, 4h, 4w)`` float32 and scale
+        index ``(B, M, 4h, 4w)`` int64 in ``[0, len(scale table) - 1]``."""
+        mean, log_scale = self.parameters(z_hat)
+        return mean.float(), self.scale_index(log_scale)
+
+    def parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_hat`` ``(B, N, h, w)`` -> mean and log-scale of ``y`` ``(B, M, 4h, 4w)``, each
+        the exact float64 value of the fixed-point result."""
+        x = z_hat.detach().to("cpu", torch.float64).round().clamp(-Z_MAX, Z_MAX)
+        mean, log_scale = self.value(x).chunk(2, dim=1)
+        return mean, log_scale
+
+    def scale_index(self, log_scale: torch.Tensor) -> torch.Tensor:
+        """Index ``(same shape, int64)`` of the scale-table entry nearest ``log_scale``
+        (float64): the number of thresholds ``<= log_scale``; exact comparisons of float64
+        values (the thresholds are the integers ``scale_thresholds`` over ``2**frac``)."""
+        return torch.bucketize(log_scale, self.thresholds * 2.0 ** -self.frac[-1], right=True)
+
+
+def context_input(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Channel-concatenate ``tensors`` ``(B, C_i, h, w)`` (float) into the integer input of a
+    channel-context network: ``round(clamp(v, ±CONTEXT_MAX) * 2**CONTEXT_FRAC)`` as float64.
+    Rounding of a float is exact, so equal inputs give equal integers on every machine."""
+    x = torch.cat([t.to("cpu", torch.float64) for t in tensors], 1)
+    return torch.round(x.clamp(-CONTEXT_MAX, CONTEXT_MAX) * 2.0 ** CONTEXT_FRAC)

@@ -1,10 +1,16 @@
-"""The mean-scale hyperprior VAE with gain units for continuous rate control.
+"""The mean-scale hyperprior VAE with a channel-wise autoregressive entropy model and gain units.
 
 Model: Minnen, Ballé & Toderici 2018, "Joint Autoregressive and Hierarchical Priors for Learned
-Image Compression" (mean-scale hyperprior, no context model). Rate control: Cui et al. 2021,
-"Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation": per quality level a
-gain vector scales ``y`` before quantisation and an inverse gain rescales ``y_hat`` before the
-synthesis transform; fractional qualities interpolate neighbouring gains geometrically.
+Image Compression" (mean-scale hyperprior, no spatial context model), with the channel context
+of Minnen & Singh 2020, "Channel-wise autoregressive entropy models for learned image
+compression": ``y`` is split into ``slices`` groups of channels, coded one after another; each
+slice's Gaussian mean and scale are the hyperprior's, corrected by a small network that also sees
+the slices already decoded, and a latent residual prediction (LRP) network reduces each slice's
+quantisation error before the synthesis transform. ``slices=1`` is the plain mean-scale
+hyperprior. Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With
+Continuous Rate Adaptation": per quality level a gain vector scales ``y`` before quantisation and
+an inverse gain rescales ``y_hat`` before the synthesis transform; fractional qualities
+interpolate neighbouring gains geometrically.
 
 As a VAE: the analysis transform is the encoder (the posterior is a unit-width uniform centred on
 ``y``, sampled by adding uniform noise, the reparameterisation trick); the hyperprior is the prior
@@ -23,10 +29,13 @@ from torch import nn
 
 from .entropy import (SCALE_MIN, FactorizedPrior, add_uniform_noise, gaussian_likelihood,
                       lower_bound, ste_round)
+from .integer import CONTEXT_MAX
 from .transforms import (analysis_transform, hyper_analysis_transform, hyper_synthesis_transform,
-                         synthesis_transform)
+                         slice_transform, synthesis_transform)
 
 STRIDE = 64  # total downsampling of y (16) times z (4)
+SLICES = 4   # channel slices of y in a new model (Minnen & Singh 2020 use 10 of M=320)
+CONTEXT_CLAMP = float(CONTEXT_MAX)   # |input| bound of the slice networks (the exact path's)
 
 # Rate-distortion trade-offs of the 8 integer quality levels (MSE on 0..255 pixel values);
 # the λ ladder of CompressAI's pretrained hyperprior models, spanning ~0.1-2 bpp on Kodak once
@@ -62,11 +71,21 @@ class ForwardOutput:
 
 
 class MeanScaleHyperprior(nn.Module):
-    """Mean-scale hyperprior with gain units. ``N`` filters, ``M`` latent channels."""
+    """Mean-scale hyperprior with gain units and a channel context over ``slices`` slices of
+    ``y``. ``N`` filters, ``M`` latent channels (a multiple of ``slices``); raises
+    ``ValueError`` otherwise."""
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS):
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, slices: int = SLICES):
         super().__init__()
-        self.N, self.M = N, M
+        if slices < 1 or M % slices:
+            raise ValueError(f"M={M} latent channels do not split into {slices} slices")
+        self.N, self.M, self.slices = N, M, slices
+        ms = M // slices
+        # slice i: context from its hyperprior mean and log-scale and slices 0..i-1 (none for
+        # slice 0, whose parameters are the hyperprior's); LRP from its mean and slices 0..i
+        self.context = nn.ModuleList(slice_transform((2 + i) * ms, N, 2 * ms) for i in range(1, slices))
+        self.lrp = nn.ModuleList(slice_transform((2 + i) * ms, N, ms)
+                                 for i in range(slices if slices > 1 else 0))
         self.register_buffer("lambdas", torch.tensor(lambdas, dtype=torch.float32))
         self.g_a = analysis_transform(N, M)
         self.g_s = synthesis_transform(N, M)
@@ -112,61 +131,118 @@ class MeanScaleHyperprior(nn.Module):
         log_ig = (1 - t) * self.log_inv_gain[lo - 1] + t * self.log_inv_gain[lo]
         return torch.exp(log_g), torch.exp(log_ig)
 
-    def entropy_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-scale of ``y`` (each ``(B, M, h, w)``) from ``z_hat`` (float path)."""
-        mean, log_scale = self.h_s(z_hat).chunk(2, dim=1)
-        return mean, log_scale
+    def slice_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
+                         decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale of slice ``i`` of ``y`` (each ``(B, M/slices, h, w)``), float path.
+
+        ``mean``, ``log_scale``: the hyperprior's for that slice; ``decoded``: ``y_hat`` of
+        slices ``0..i-1``. Slice 0 keeps the hyperprior's parameters.
+        """
+        if i == 0:
+            return mean, log_scale
+        inputs = torch.cat([mean, log_scale, *decoded], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+        d_mean, d_log_scale = self.context[i - 1](inputs).float().chunk(2, 1)
+        return mean + d_mean, log_scale + d_log_scale
+
+    def residual(self, i: int, mean: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor | float:
+        """Latent residual prediction for slice ``i``: a correction in ``(-1/2, 1/2)`` added to
+        its ``y_hat`` before synthesis, from the slice's hyperprior ``mean`` and ``decoded``
+        (``y_hat`` of slices ``0..i``). ``0.0`` without slices."""
+        if not len(self.lrp):
+            return 0.0
+        inputs = torch.cat([mean, *decoded], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+        return 0.5 * torch.tanh(self.lrp[i](inputs).float())
+
+    def latents(self, y: torch.Tensor, hyper: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantise ``y`` ``(B, M, h, w)`` slice by slice under the hyperprior's parameters
+        ``hyper`` (``h_s`` output, ``(B, 2M, h, w)``: means then log-scales).
+
+        Returns the synthesis input (``y_hat`` plus latent residual prediction) and the
+        likelihoods of ``y`` (``(B, M, h, w)`` each). ``noisy``: training (likelihoods of
+        ``y`` plus uniform noise, straight-through rounding, Minnen & Singh 2020's mixed
+        quantisation); otherwise deterministic rounding, as the coder sees it.
+        """
+        mean_h, log_scale_h = hyper.float().chunk(2, 1)
+        y = y.float()
+        decoded, refined, likelihoods = [], [], []
+        for i, (y_i, m_h, l_h) in enumerate(zip(y.chunk(self.slices, 1), mean_h.chunk(self.slices, 1),
+                                                 log_scale_h.chunk(self.slices, 1))):
+            mean, log_scale = self.slice_parameters(i, m_h, l_h, decoded)
+            scale = lower_bound(torch.exp(log_scale.clamp(max=6.0)), SCALE_MIN)
+            if noisy:
+                likelihoods.append(gaussian_likelihood(add_uniform_noise(y_i) - mean, scale))
+                y_hat = ste_round(y_i - mean) + mean
+            else:
+                y_hat = torch.round(y_i - mean) + mean
+                likelihoods.append(gaussian_likelihood(y_hat - mean, scale))
+            decoded.append(y_hat)
+            refined.append(y_hat + self.residual(i, m_h, decoded))
+        return torch.cat(refined, 1), torch.cat(likelihoods, 1)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardOutput:
         """Training pass with per-sample integer quality ``level`` (``(B,)`` long, 0-based).
 
-        Rate uses additive uniform noise; the synthesis and hyper-synthesis see rounded values
-        through the straight-through estimator (mixed quantisation, Minnen & Singh 2020).
+        Rate uses additive uniform noise; the synthesis, hyper-synthesis and channel context
+        see rounded values through the straight-through estimator (mixed quantisation).
         """
         gain = torch.exp(self.log_gain[level])[:, :, None, None]
         inv_gain = torch.exp(self.log_inv_gain[level])[:, :, None, None]
         y = self.g_a(x) * gain
         z = self.h_a(y)
         z_likelihoods = self.prior.likelihood(add_uniform_noise(z).float())
-        mean, log_scale = self.entropy_parameters(ste_round(z))
-        mean, scale = mean.float(), lower_bound(torch.exp(log_scale.float().clamp(max=6.0)), SCALE_MIN)
-        y = y.float()
-        y_likelihoods = gaussian_likelihood(add_uniform_noise(y) - mean, scale)
-        y_hat = ste_round(y - mean) + mean
+        y_hat, y_likelihoods = self.latents(y, self.h_s(ste_round(z)), noisy=True)
         x_hat = self.g_s(y_hat * inv_gain)
         return ForwardOutput(x_hat, y_likelihoods, z_likelihoods)
 
     # ------------------------------------------------------------------ coding (exported model)
     # ``self.coding`` (vaecodec.weights.CodingModels) is attached by vaecodec.weights.load.
 
+    def exact_slice_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
+                               decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coding-time parameters of slice ``i`` of ``y``: mean ``(1, M/slices, h, w)`` float32
+        and scale index (int64), from the exact hyper-synthesis's float64 ``mean`` and
+        ``log_scale`` (all ``M`` channels) and the slices ``decoded`` so far (float32).
+        Exact integer network, float64 additions and comparisons: identical on every machine.
+        """
+        from .integer import context_input
+        part = slice(i * self.M // self.slices, (i + 1) * self.M // self.slices)
+        mean, log_scale = mean[:, part], log_scale[:, part]
+        if i > 0:
+            d_mean, d_log_scale = self.coding.context[i - 1](
+                context_input([mean, log_scale, *decoded])).chunk(2, 1)
+            mean, log_scale = mean + d_mean, log_scale + d_log_scale
+        return mean.float(), self.coding.h_s.scale_index(log_scale)
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float) -> dict:
         """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> coded streams.
 
         Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
-        and coded with the per-channel tables; ``y`` is coded as ``round(y - mean)`` with the
-        table of its snapped scale, both parameters from the exact integer hyper-synthesis.
+        and coded with the per-channel tables; ``y`` slice by slice as ``round(y - mean)`` with
+        the table of its snapped scale, both from :meth:`exact_slice_parameters`.
         """
-        from .entropy import encode_indexed
+        from .entropy import IndexedEncoder, encode_indexed
         from .integer import Z_MAX
         gain, _ = self.gains(quality)
         y = self.g_a(x) * gain[:, None, None]
         z_hat = torch.round(self.h_a(y)).clamp(-Z_MAX, Z_MAX)
         channel = torch.arange(z_hat.shape[1])[None, :, None, None].expand_as(z_hat)
         z_stream, z_esc = encode_indexed(z_hat.long().numpy(), channel.numpy(), self.coding.z_tables)
-        mean, index = self.coding.h_s(z_hat)
-        y_symbols = torch.round(y - mean).clamp(-2**20, 2**20).long()
-        y_stream, y_esc = encode_indexed(y_symbols.numpy(), index.numpy(), self.coding.y_tables)
+        mean_h, log_scale_h = self.coding.h_s.parameters(z_hat)
+        encoder = IndexedEncoder(self.coding.y_tables)
+        decoded = []
+        for i, y_i in enumerate(y.chunk(self.slices, 1)):
+            mean, index = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
+            symbols = torch.round(y_i - mean).clamp(-2**20, 2**20)
+            encoder.encode(symbols.long().numpy(), index.numpy())
+            decoded.append(symbols + mean)
+        y_stream, y_esc = encoder.finish()
         return {"z_shape": tuple(z_hat.shape[2:]), "y_shape": tuple(y.shape[2:]),
                 "z_stream": z_stream, "y_stream": y_stream, "escapes": z_esc + y_esc}
 
     @torch.no_grad()
-    def decode_latents(self, streams: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entropy-decode the streams of :meth:`compress` to ``z_hat`` ``(1, N, h, w)`` and
-        ``y_hat`` ``(1, M, 4h, 4w)`` (gained domain). Everything here is exact integer or
-        table arithmetic, identical on every machine. Raises
-        :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent."""
-        from .entropy import EntropyCodingError, EscapeReader, decode_indexed
+    def _decode(self, streams: dict) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        from .entropy import EntropyCodingError, EscapeReader, IndexedDecoder, decode_indexed
         zh, zw = streams["z_shape"]
         yh, yw = streams["y_shape"]
         if (yh, yw) != (4 * zh, 4 * zw):
@@ -174,11 +250,25 @@ class MeanScaleHyperprior(nn.Module):
         escapes = EscapeReader(streams["escapes"])
         channel = np.broadcast_to(np.arange(self.N)[None, :, None, None], (1, self.N, zh, zw))
         z_hat = torch.from_numpy(decode_indexed(streams["z_stream"], channel, self.coding.z_tables, escapes))
-        mean, index = self.coding.h_s(z_hat.double())
-        y_symbols = decode_indexed(streams["y_stream"], index.numpy(), self.coding.y_tables, escapes)
+        mean_h, log_scale_h = self.coding.h_s.parameters(z_hat.double())
+        decoder = IndexedDecoder(streams["y_stream"], self.coding.y_tables, escapes)
+        decoded = []
+        for i in range(self.slices):
+            mean, index = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
+            symbols = torch.from_numpy(decoder.decode(index.numpy())).clamp(-2**20, 2**20)
+            decoded.append(symbols.float() + mean)
+        decoder.finish()
         escapes.finish()
-        y_hat = torch.from_numpy(y_symbols).clamp(-2**20, 2**20).float() + mean
-        return z_hat, y_hat
+        return z_hat, decoded, mean_h.float()
+
+    @torch.no_grad()
+    def decode_latents(self, streams: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entropy-decode the streams of :meth:`compress` to ``z_hat`` ``(1, N, h, w)`` and
+        ``y_hat`` ``(1, M, 4h, 4w)`` (gained domain, before latent residual prediction).
+        Everything here is exact integer or table arithmetic, identical on every machine.
+        Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent."""
+        z_hat, decoded, _ = self._decode(streams)
+        return z_hat, torch.cat(decoded, 1)
 
     @torch.no_grad()
     def decompress(self, streams: dict, quality: float) -> torch.Tensor:
@@ -187,5 +277,7 @@ class MeanScaleHyperprior(nn.Module):
         Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent.
         """
         _, inv_gain = self.gains(quality)
-        _, y_hat = self.decode_latents(streams)
+        _, decoded, mean_h = self._decode(streams)
+        means = mean_h.chunk(self.slices, 1)
+        y_hat = torch.cat([d + self.residual(i, means[i], decoded[:i + 1]) for i, d in enumerate(decoded)], 1)
         return self.g_s(y_hat * inv_gain[:, None, None]).clamp_(0, 1)

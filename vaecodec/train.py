@@ -29,7 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
-from .model import STRIDE, MeanScaleHyperprior, check_lambdas
+from .model import SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -42,6 +42,7 @@ class TrainConfig:
     out: str = "runs/train"
     N: int = 128
     M: int = 192
+    slices: int = SLICES             # channel slices of y (1: no channel context)
     crop: int = 256
     batch: int = 8
     lr: float = 5e-4
@@ -75,11 +76,13 @@ class TrainConfig:
 
         for name in ("lr", "minutes", "checkpoint_minutes"):
             finite_positive(name)
-        for name, least in (("N", 1), ("M", 1), ("batch", 1), ("val_every", 1),
+        for name, least in (("N", 1), ("M", 1), ("slices", 1), ("batch", 1), ("val_every", 1),
                             ("warmup", 0), ("max_steps", 0), ("threads", 0), ("seed", 0)):
             value = getattr(self, name)
             if not integer(value) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
+        if self.M % self.slices:
+            raise ValueError(f"TrainConfig.M ({self.M}) must be a multiple of slices ({self.slices})")
         if not integer(self.crop) or self.crop < STRIDE or self.crop % STRIDE:
             raise ValueError(f"TrainConfig.crop must be a positive multiple of {STRIDE}, "
                              f"got {self.crop!r}")
@@ -221,10 +224,8 @@ def validate(model: MeanScaleHyperprior, images: list[torch.Tensor], crop: int =
             x = im[None, :, t:t + crop, l:l + crop].to(device).float() / 255.0
             y = model.g_a(x) * gain[:, None, None]
             z_hat = torch.round(model.h_a(y))
-            mean, log_scale = model.entropy_parameters(z_hat)
-            scale = torch.exp(log_scale.clamp(max=6.0)).clamp_min(SCALE_MIN)
-            y_hat = torch.round(y - mean) + mean
-            rate = bits(gaussian_likelihood(y_hat - mean, scale)) + bits(model.prior.likelihood(z_hat))
+            y_hat, y_likelihoods = model.latents(y, model.h_s(z_hat), noisy=False)
+            rate = bits(y_likelihoods) + bits(model.prior.likelihood(z_hat))
             x_hat = model.g_s(y_hat * inv_gain[:, None, None]).clamp(0, 1)
             mse = torch.mean((torch.round(x_hat * 255) / 255 - x) ** 2)
             bpps.append(float(rate) / crop**2)
@@ -249,13 +250,25 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, optimizer=None) -> int:
-    """Restore from :func:`save_checkpoint`; returns the step. Adam state only if given."""
+def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
+    """Load ``state`` into ``model``. With ``new_slices_ok``, channel-context and LRP networks
+    that ``state`` lacks (a model trained without channel context) keep their initialisation,
+    which leaves the model's function unchanged (their last layers are zero); every other
+    parameter must be present. Raises ``RuntimeError`` on a mismatch."""
+    if new_slices_ok:
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("context.", "lrp."))}
+        state = {**fresh, **state}
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = False) -> int:
+    """Restore from :func:`save_checkpoint`; returns the step. Adam state only if given.
+    ``new_slices_ok``: see :func:`load_state` (for ``--init``)."""
     from safetensors import safe_open
     tensors = load_file(str(path))
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, new_slices_ok)
     step = int(meta.get("step", 0))
     if optimizer is not None:
         for i, p in enumerate(optimizer.param_groups[0]["params"]):
@@ -369,7 +382,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         print(f"loaded {len(images)} training and {len(val_images)} validation images "
               f"in {time.time() - t0:.0f}s", flush=True)
 
-    model = MeanScaleHyperprior(cfg.N, cfg.M).to(device)
+    model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step = 0
     ckpt = out / "checkpoint.safetensors"
@@ -381,9 +394,9 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if Path(cfg.init).is_dir():   # an exported weights folder
             from .weights import load_float_model
             exported, step = load_float_model(cfg.init)
-            model.load_state_dict(exported.state_dict())
+            load_state(model, exported.state_dict(), new_slices_ok=True)
         else:
-            step = load_checkpoint(Path(cfg.init), model)
+            step = load_checkpoint(Path(cfg.init), model, new_slices_ok=True)
         if rank == 0:
             print(f"initialised from {cfg.init} (step {step})", flush=True)
     if cfg.lambdas:

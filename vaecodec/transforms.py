@@ -80,3 +80,25 @@ def hyper_synthesis_transform(N: int, M: int) -> nn.Sequential:
     """
     return nn.Sequential(deconv(N, M), nn.ReLU(inplace=True), deconv(M, M * 3 // 2),
                          nn.ReLU(inplace=True), conv(M * 3 // 2, 2 * M, 3, 1))
+
+
+
+def slice_transform(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    """A network of the channel-wise autoregressive entropy model (Minnen & Singh 2020,
+    "Channel-wise autoregressive entropy models for learned image compression"), used twice
+    per slice of ``y``:
+
+    - *channel context*: the hyperprior's mean and log-scale of the slice plus the already
+      decoded slices ``y_hat`` -> corrections of that mean and log-scale;
+    - *latent residual prediction*: the slice's hyperprior mean plus the decoded slices so far
+      -> a correction of the slice's quantisation error (decoder side, float only).
+
+    ``(B, cin, h, w)`` -> ``(B, cout, h, w)``: three 3x3 convolutions with ReLU, so that the
+    context runs exactly in integers at coding time (:mod:`vaecodec.integer`). The last layer
+    starts at zero, so a new network changes nothing until trained.
+    """
+    net = nn.Sequential(conv(cin, hidden, 3, 1), nn.ReLU(inplace=True), conv(hidden, hidden, 3, 1),
+                        nn.ReLU(inplace=True), conv(hidden, cout, 3, 1))
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net

@@ -3,12 +3,13 @@
 Two safetensors files (never pickle), each under 16 MiB:
 
 - ``synthesis.safetensors``: everything the *decoder* needs, and so what defines decodability:
-  the synthesis transform ``g_s``, the gains, the integer hyper-synthesis
-  (:mod:`vaecodec.integer`), the probability tables of ``z`` (per channel, from the learned prior)
+  the synthesis transform ``g_s``, the gains, the latent residual prediction networks, the
+  integer hyper-synthesis and channel-context networks (:mod:`vaecodec.integer`), the probability tables of ``z`` (per channel, from the learned prior)
   and of ``y`` (per entry of the scale table). Its SHA-256 over names, dtypes, shapes and bytes
   gives the 8-byte *fingerprint* written into every ``.vae`` file.
 - ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
-- ``training.safetensors``: the float hyper-synthesis and the learned prior's parameters, not
+- ``training.safetensors``: the float hyper-synthesis and channel context and the learned
+  prior's parameters, not
   used for coding; with the two files above it restores the full float model, so a later
   training run can start from the published weights (``vaecodec train --init weights``).
 
@@ -27,13 +28,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .entropy import Tables, factorized_tables, gaussian_tables, scale_table
-from .integer import IntegerHyperSynthesis, quantize_hyper_synthesis
+from .integer import (CONTEXT_FRAC, IntegerHyperSynthesis, IntegerNetwork, quantize_hyper_synthesis,
+                      quantize_network)
 from .model import MeanScaleHyperprior
 
 WEIGHTS_FORMAT = "vaecodec-weights-1"
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
 TRAINING_FILE = "training.safetensors"
 MAX_FILE_BYTES = 16 * 2**20
+
+
+# what the decoder needs besides the exact integer networks and tables
+DECODER_PREFIXES = ("g_s.", "lrp.", "log_gain", "log_inv_gain", "lambdas")
 
 
 class WeightsError(RuntimeError):
@@ -44,6 +50,7 @@ class WeightsError(RuntimeError):
 class CodingModels:
     """What entropy coding needs besides the float transforms (all exact / integer)."""
     h_s: IntegerHyperSynthesis
+    context: list[IntegerNetwork]     # channel context of slices 1.. of y
     z_tables: Tables
     y_tables: Tables
     fingerprint: bytes
@@ -91,10 +98,12 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     for name, tab in (("z", z_tables), ("y", y_tables)):
         if len(tab["lengths"]) == 0 or tab["lengths"].min() < 2:
             raise WeightsError(f"refusing to export: empty {name} probability table")
-    synthesis = {k: v.contiguous() for k, v in state.items()
-                 if k.startswith("g_s.") or k in ("log_gain", "log_inv_gain", "lambdas")}
+    synthesis = {k: v.contiguous() for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
     for k, v in quantize_hyper_synthesis(model.h_s, np.log(scales)).items():
         synthesis[f"h_s_int.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+    for i, net in enumerate(model.context):
+        for k, v in quantize_network(net, frac_in=CONTEXT_FRAC).items():
+            synthesis[f"context_int.{i}.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
     for name, tab in (("z", z_tables), ("y", y_tables)):
         for part, arr in tab.items():
             synthesis[f"tables.{name}.{part}"] = torch.from_numpy(
@@ -103,9 +112,9 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     analysis = {k: v.contiguous() for k, v in state.items()
                 if k.startswith("g_a.") or k.startswith("h_a.")}
     training = {k: v.contiguous() for k, v in state.items()
-                if k.startswith("h_s.") or k.startswith("prior.")}
+                if k.startswith(("h_s.", "prior.", "context."))}
     fp = fingerprint(synthesis)
-    meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M),
+    meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
             "fingerprint": fp.hex(), "steps": str(steps)}
     for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis),
                            (TRAINING_FILE, training)):
@@ -133,6 +142,16 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
+    """An untrained model of the exported shape; exports from before channel slices have no
+    ``slices`` and are the plain hyperprior. Raises :class:`WeightsError` on a bad shape."""
+    try:
+        return MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=lambdas.tolist(),
+                                   slices=int(meta.get("slices", 1)))
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"weights have an invalid shape ({exc})") from None
+
+
 def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanScaleHyperprior:
     """Load an exported model ready for :meth:`MeanScaleHyperprior.compress`/``decompress``.
 
@@ -145,25 +164,31 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
         raise WeightsError(f"{d / SYNTHESIS_FILE} is damaged (fingerprint mismatch)")
-    model = MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=synthesis["lambdas"].tolist())
-    state = {k: v for k, v in synthesis.items()
-             if k.startswith("g_s.") or k in ("log_gain", "log_inv_gain", "lambdas")}
+    model = _model(meta, synthesis["lambdas"])
+    state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
         analysis, ameta = _read(d / ANALYSIS_FILE)
         if ameta.get("fingerprint") != meta["fingerprint"]:
             raise WeightsError(f"{d} holds analysis and synthesis weights of different exports")
         state.update(analysis)
     missing = [k for k in model.load_state_dict(state, strict=False).missing_keys
-               if k.startswith(("g_s.", "log_")) or (encoder and k.startswith(("g_a.", "h_a.")))]
+               if k.startswith(DECODER_PREFIXES) or (encoder and k.startswith(("g_a.", "h_a.")))]
     if missing:
         raise WeightsError(f"weights in {d} are incomplete (missing {missing[0]})")
-    hs = {k[len("h_s_int."):]: v.to(torch.int64) if v.dtype == torch.int16 else v
-          for k, v in synthesis.items() if k.startswith("h_s_int.")}
+    def integer(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v.to(torch.int64) if v.dtype == torch.int16 else v
+                for k, v in synthesis.items() if k.startswith(prefix)}
+
+    try:
+        h_s = IntegerHyperSynthesis(integer("h_s_int."))
+        context = [IntegerNetwork(integer(f"context_int.{i}.")) for i in range(model.slices - 1)]
+    except KeyError as exc:
+        raise WeightsError(f"weights in {d} are incomplete (missing {exc})") from None
 
     def tables(name: str) -> Tables:
         return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
 
-    model.coding = CodingModels(IntegerHyperSynthesis(hs), tables("z"), tables("y"), fp)
+    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp)
     model.steps = int(meta.get("steps", 0))
     return model.eval()
 
@@ -178,7 +203,7 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
         tensors, meta = _read(d / fname)
         state.update(tensors)
-    model = MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=state["lambdas"].tolist())
+    model = _model(meta, state["lambdas"])
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:

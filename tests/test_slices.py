@@ -1,0 +1,150 @@
+"""Channel-wise autoregressive entropy model (Minnen & Singh 2020): slices of ``y`` coded one
+after another, each with a context of the slices before it, exactly reproducible at decode time.
+
+A small model (N=16, M=24, 4 slices) with random, non-zero context and LRP networks is exported
+and loaded like the shipped weights, so these tests cover the slice path whatever the shipped
+weights hold.
+"""
+import numpy as np
+import pytest
+import torch
+
+from vaecodec import codec, weights
+from vaecodec.model import MeanScaleHyperprior
+from vaecodec.train import TrainConfig, load_state
+from conftest import photo_crop
+
+
+def _randomised(model: MeanScaleHyperprior, seed: int = 0) -> MeanScaleHyperprior:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in (*model.context, *model.lrp):
+            for p in net[-1].parameters():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def sliced_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("sliced")
+    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4)), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sliced(sliced_dir):
+    return weights.load(sliced_dir)
+
+
+@pytest.fixture(scope="module")
+def coded(sliced):
+    rgb = photo_crop(128, 192, seed=1)
+    return rgb, codec.compress_array(rgb, 5.0, model=sliced)
+
+
+def _streams(data: bytes) -> dict:
+    from vaecodec import bitstream
+    (tile,) = bitstream.unpack(data).tiles
+    return codec._streams(tile)
+
+
+def test_export_load_keeps_slices(sliced):
+    assert sliced.slices == 4 and len(sliced.coding.context) == 3 and len(sliced.lrp) == 4
+
+
+def test_round_trip_and_exact_latents_under_thread_counts(sliced, coded):
+    rgb, data = coded
+    digest = codec.latent_digest(data, sliced)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert codec.latent_digest(data, sliced) == digest
+    finally:
+        torch.set_num_threads(threads)
+    decoded = codec.decompress_array(data, model=sliced).rgb
+    assert decoded.shape == rgb.shape and decoded.dtype == np.uint8
+    assert codec.compress_array(rgb, 5.0, model=sliced) == data     # the encoder is deterministic
+
+
+def test_exact_slices_match_the_float_model(sliced, sliced_dir, coded):
+    """The exact (integer) path decodes what the float training model quantises: ``y_hat``
+    equal to 1e-3 nearly everywhere (fixed-point rounding of a mean may move a rare symbol)."""
+    rgb, data = coded
+    model, _ = weights.load_float_model(sliced_dir)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    gain, _ = model.gains(5.0)
+    with torch.no_grad():
+        y = model.g_a(x) * gain[:, None, None]
+        z_hat = torch.round(model.h_a(y))
+        hyper = model.h_s(z_hat)
+        y_float, _ = model.latents(y, hyper, noisy=False)
+        _, y_exact = sliced.decode_latents(_streams(data))
+        means = hyper.chunk(2, 1)[0].chunk(4, 1)
+        decoded = list(y_exact.chunk(4, 1))
+        y_exact = torch.cat([d + model.residual(i, means[i], decoded[:i + 1])
+                             for i, d in enumerate(decoded)], 1)
+    assert ((y_float - y_exact).abs() < 1e-3).float().mean() > 0.99
+
+
+def test_context_changes_the_code(sliced_dir, coded, tmp_path):
+    """With the context networks zeroed the same model writes a different y stream: slices
+    1..3 really are coded with the context's parameters."""
+    rgb, data = coded
+    plain, _ = weights.load_float_model(sliced_dir)
+    with torch.no_grad():
+        for net in plain.context:
+            for p in net[-1].parameters():
+                p.zero_()
+    weights.export(plain, tmp_path)
+    plain_data = codec.compress_array(rgb, 5.0, model=weights.load(tmp_path))
+    assert _streams(plain_data)["z_stream"] == _streams(data)["z_stream"]
+    assert _streams(plain_data)["y_stream"] != _streams(data)["y_stream"]
+
+
+def test_context_accumulators_are_exact_in_float64(sliced):
+    """Inputs ``<= 2**11 * 2**8``, hidden activations ``<= 2**24``, weights ``<= 2**13``:
+    every accumulator stays below 2**53, so float64 evaluation is exact."""
+    from vaecodec.integer import ACT_MAX, CONTEXT_FRAC, CONTEXT_MAX
+    for net in sliced.coding.context:
+        bound = CONTEXT_MAX * 2**CONTEXT_FRAC
+        for i, w in enumerate(net.weights):
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            assert float(w.abs().max()) <= 2**13
+            assert fan_in * 2**13 * bound + float(net.biases[i].abs().max()) < 2**53
+            bound = ACT_MAX
+
+
+def test_damaged_y_stream_is_refused(sliced, coded):
+    from vaecodec.entropy import EntropyCodingError
+    s = _streams(coded[1])
+    s["y_stream"] = s["y_stream"][:-4]
+    with pytest.raises(EntropyCodingError):
+        sliced.decode_latents(s)
+
+
+def test_new_slices_start_as_the_plain_hyperprior():
+    """A channel-context model initialised from a plain hyperprior computes the same function
+    (the new networks' last layers are zero), so training resumes where it was."""
+    torch.manual_seed(1)
+    plain = MeanScaleHyperprior(16, 24, slices=1)
+    sliced = MeanScaleHyperprior(16, 24, slices=4)
+    with pytest.raises(RuntimeError):
+        load_state(sliced, plain.state_dict())
+    load_state(sliced, plain.state_dict(), new_slices_ok=True)
+    x, level = torch.rand(2, 3, 64, 64), torch.tensor([0, 7])
+    assert torch.allclose(plain(x, level).x_hat, sliced(x, level).x_hat, atol=1e-6)
+    y = torch.randn(2, 24, 8, 8) * 5
+    hyper = torch.randn(2, 48, 8, 8)
+    for a, b in zip(plain.latents(y, hyper, noisy=False),
+                                          sliced.latents(y, hyper, noisy=False)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_slices_must_divide_the_latent_channels():
+    with pytest.raises(ValueError, match="slices"):
+        MeanScaleHyperprior(16, 24, slices=5)
+    with pytest.raises(ValueError, match="slices"):
+        TrainConfig(data="d", M=24, slices=5)
+    with pytest.raises(ValueError, match="slices"):
+        TrainConfig(data="d", slices=0)

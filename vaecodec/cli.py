@@ -27,8 +27,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     try:
         from .codec import CodecError
         from .entropy import EntropyCodingError
+        from .train import TrainingError
         from .weights import WeightsError
-        errors += [CodecError, EntropyCodingError, WeightsError]
+        errors += [CodecError, EntropyCodingError, TrainingError, WeightsError]
     except Exception:  # a broken install must still give a one-line error
         pass
     return tuple(errors)

@@ -35,6 +35,11 @@ PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
+class TrainingError(ValueError):
+    """A training run that cannot start as asked (no usable images, a checkpoint of another
+    shape); the message is for the user."""
+
+
 @dataclass
 class TrainConfig:
     """Options of ``vaecodec train`` (see ``vaecodec train --help``)."""
@@ -373,7 +378,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     images = load_uint8(train_files, cfg.crop)
     val_images = load_uint8(val_files, 256)
     if not images:
-        raise ValueError(f"no training image in {cfg.data} is at least {cfg.crop} px on each side")
+        raise TrainingError(f"no training image in {cfg.data} is at least {cfg.crop} px on each side")
     if device.type == "cuda":
         # crops are cut on the GPU: the host only picks offsets (uint8 copies, no transfers)
         images = [im.to(device) for im in images]
@@ -387,6 +392,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     step = 0
     ckpt = out / "checkpoint.safetensors"
     if cfg.resume and ckpt.exists():
+        check_architecture(ckpt, saved_architecture(checkpoint_config(ckpt)), cfg, init=False)
         step = load_checkpoint(ckpt, model, optimizer)
         if rank == 0:
             print(f"resumed from {ckpt} at step {step}", flush=True)
@@ -394,8 +400,11 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if Path(cfg.init).is_dir():   # an exported weights folder
             from .weights import load_float_model
             exported, step = load_float_model(cfg.init)
+            check_architecture(cfg.init, {"N": exported.N, "M": exported.M, "slices": exported.slices},
+                               cfg, init=True)
             load_state(model, exported.state_dict(), new_slices_ok=True)
         else:
+            check_architecture(cfg.init, saved_architecture(checkpoint_config(Path(cfg.init))), cfg, init=True)
             step = load_checkpoint(Path(cfg.init), model, new_slices_ok=True)
         if rank == 0:
             print(f"initialised from {cfg.init} (step {step})", flush=True)
@@ -484,6 +493,25 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             print(f"interrupted: continue with --resume --out {cfg.out}", flush=True)
         raise TrainingStopped
     return ckpt
+
+
+def saved_architecture(config: dict) -> dict:
+    """``N``, ``M`` and ``slices`` of a checkpoint's config (checkpoints from before channel
+    slices hold the plain hyperprior, ``slices`` 1)."""
+    return {"N": config.get("N", 128), "M": config.get("M", 192), "slices": config.get("slices", 1)}
+
+
+def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> None:
+    """Raise a one-line :class:`TrainingError` naming the options to pass when the checkpoint or
+    export ``source`` holds a model of another shape (``saved``: ``N``, ``M``, ``slices``) than
+    ``cfg``. With ``init``, a model without channel context may start a run with slices."""
+    want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices}
+    if init and saved["slices"] == 1:
+        saved = {**saved, "slices": cfg.slices}
+    if saved != want:
+        options = " ".join(f"--{k} {v}" for k, v in saved.items())
+        raise TrainingError(f"{source} holds a model with {options}, this run asks for "
+                         + " ".join(f"--{k} {v}" for k, v in want.items()) + f"; pass {options}")
 
 
 def checkpoint_config(path: Path) -> dict:

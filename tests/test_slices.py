@@ -148,3 +148,57 @@ def test_slices_must_divide_the_latent_channels():
         TrainConfig(data="d", M=24, slices=5)
     with pytest.raises(ValueError, match="slices"):
         TrainConfig(data="d", slices=0)
+
+
+def test_context_file_belongs_to_its_export(sliced_dir, tmp_path):
+    """The decoder half of context.safetensors is covered by the fingerprint: a context file
+    of another export, or a changed LRP weight, is refused; a plain export removes a stale one."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from vaecodec.weights import CONTEXT_FILE, WeightsError
+    other = tmp_path / "other"
+    torch.manual_seed(5)
+    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=5), other)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sliced_dir, mixed)
+    shutil.copy(other / CONTEXT_FILE, mixed / CONTEXT_FILE)
+    with pytest.raises(WeightsError, match="different exports"):
+        weights.load(mixed)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sliced_dir, damaged)
+    from safetensors import safe_open
+    with safe_open(str(damaged / CONTEXT_FILE), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(damaged / CONTEXT_FILE))
+    tensors["lrp.0.4.bias"] = tensors["lrp.0.4.bias"] + 1
+    save_file(tensors, str(damaged / CONTEXT_FILE), metadata=meta)
+    with pytest.raises(WeightsError, match="fingerprint"):
+        weights.load(damaged)
+    (damaged / CONTEXT_FILE).unlink()
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load(damaged)
+    weights.export(MeanScaleHyperprior(16, 24, slices=1), other)
+    assert not (other / CONTEXT_FILE).exists() and weights.load(other).slices == 1
+
+
+def test_export_writes_all_files_or_none(sliced_dir, tmp_path, monkeypatch):
+    import shutil
+    folder = tmp_path / "w"
+    shutil.copytree(sliced_dir, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    real_save = weights.save_file
+
+    def fail_on_context(tensors, path, metadata=None):   # the last file written: a full disk
+        if "context" in path:
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(weights, "save_file", fail_on_context)
+    with pytest.raises(OSError):
+        weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before   # no .tmp left either
+    monkeypatch.setattr(weights, "save_file", real_save)
+    monkeypatch.setattr(weights, "MAX_FILE_BYTES", 200_000)
+    with pytest.raises(weights.WeightsError, match="exceed 16 MiB"):
+        weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before

@@ -1,19 +1,22 @@
 """Trained weights on disk: export (with freshly built entropy tables) and loading.
 
-Two safetensors files (never pickle), each under 16 MiB:
+Safetensors files (never pickle), each under 16 MiB:
 
-- ``synthesis.safetensors``: everything the *decoder* needs, and so what defines decodability:
-  the synthesis transform ``g_s``, the gains, the latent residual prediction networks, the
-  integer hyper-synthesis and channel-context networks (:mod:`vaecodec.integer`), the probability tables of ``z`` (per channel, from the learned prior)
-  and of ``y`` (per entry of the scale table). Its SHA-256 over names, dtypes, shapes and bytes
-  gives the 8-byte *fingerprint* written into every ``.vae`` file.
+- ``synthesis.safetensors``: the *decoder*: the synthesis transform ``g_s``, the gains, the
+  integer hyper-synthesis (:mod:`vaecodec.integer`), the probability tables of ``z`` (per
+  channel, from the learned prior) and of ``y`` (per entry of the scale table).
+- ``context.safetensors`` (models with channel slices only): the rest of the decoder, the
+  integer channel-context networks and the float latent residual prediction networks; and,
+  for training only, the float channel-context networks.
 - ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
-- ``training.safetensors``: the float hyper-synthesis and channel context and the learned
-  prior's parameters, not
-  used for coding; with the two files above it restores the full float model, so a later
+- ``training.safetensors``: the float hyper-synthesis and the learned prior's parameters, not
+  used for coding; with the files above it restores the full float model, so a later
   training run can start from the published weights (``vaecodec train --init weights``).
 
-Tables are rebuilt from the final parameters at every export and never recomputed at run time.
+The SHA-256 over names, dtypes, shapes and bytes of every decoder tensor (both decoder files,
+without the training-only ones) gives the 8-byte *fingerprint* written into every ``.vae`` file:
+it is what defines decodability. Tables are rebuilt from the final parameters at every export
+and never recomputed at run time.
 """
 from __future__ import annotations
 
@@ -34,12 +37,13 @@ from .model import MeanScaleHyperprior
 
 WEIGHTS_FORMAT = "vaecodec-weights-1"
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
-TRAINING_FILE = "training.safetensors"
+TRAINING_FILE, CONTEXT_FILE = "training.safetensors", "context.safetensors"
 MAX_FILE_BYTES = 16 * 2**20
 
 
-# what the decoder needs besides the exact integer networks and tables
-DECODER_PREFIXES = ("g_s.", "lrp.", "log_gain", "log_inv_gain", "lambdas")
+# float parameters the decoder needs besides the exact integer networks and tables
+SYNTHESIS_PREFIXES = ("g_s.", "log_gain", "log_inv_gain", "lambdas")   # in synthesis.safetensors
+DECODER_PREFIXES = SYNTHESIS_PREFIXES + ("lrp.",)                     # lrp.*: context.safetensors
 
 
 class WeightsError(RuntimeError):
@@ -83,7 +87,8 @@ def default_weights_dir() -> Path:
 
 @torch.no_grad()
 def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> bytes:
-    """Write both weight files for ``model`` into ``out_dir``; returns the fingerprint.
+    """Write the weight files for ``model`` into ``out_dir`` (all or none); returns the
+    fingerprint.
 
     Builds the z tables from the prior's current parameters and the y tables from the scale
     table; raises :class:`WeightsError` if a table came out empty or a file exceeds 16 MiB.
@@ -98,12 +103,13 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     for name, tab in (("z", z_tables), ("y", y_tables)):
         if len(tab["lengths"]) == 0 or tab["lengths"].min() < 2:
             raise WeightsError(f"refusing to export: empty {name} probability table")
-    synthesis = {k: v.contiguous() for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
+    synthesis = {k: v.contiguous() for k, v in state.items() if k.startswith(SYNTHESIS_PREFIXES)}
     for k, v in quantize_hyper_synthesis(model.h_s, np.log(scales)).items():
         synthesis[f"h_s_int.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+    context = {k: v.contiguous() for k, v in state.items() if k.startswith("lrp.")}
     for i, net in enumerate(model.context):
         for k, v in quantize_network(net, frac_in=CONTEXT_FRAC).items():
-            synthesis[f"context_int.{i}.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+            context[f"context_int.{i}.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
     for name, tab in (("z", z_tables), ("y", y_tables)):
         for part, arr in tab.items():
             synthesis[f"tables.{name}.{part}"] = torch.from_numpy(
@@ -111,20 +117,30 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     synthesis["scale_table"] = torch.from_numpy(scales)
     analysis = {k: v.contiguous() for k, v in state.items()
                 if k.startswith("g_a.") or k.startswith("h_a.")}
-    training = {k: v.contiguous() for k, v in state.items()
-                if k.startswith(("h_s.", "prior.", "context."))}
-    fp = fingerprint(synthesis)
+    training = {k: v.contiguous() for k, v in state.items() if k.startswith(("h_s.", "prior."))}
+    fp = fingerprint({**synthesis, **context})
+    context.update({k: v.contiguous() for k, v in state.items() if k.startswith("context.")})
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
             "fingerprint": fp.hex(), "steps": str(steps)}
-    for fname, tensors in ((SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis),
-                           (TRAINING_FILE, training)):
-        tmp = out_dir / (fname + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)
-        if tmp.stat().st_size > MAX_FILE_BYTES:
-            tmp.unlink()
-            raise WeightsError(f"{fname} would exceed 16 MiB")
-        os.replace(tmp, out_dir / fname)
+    files = [(SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis), (TRAINING_FILE, training)]
+    if model.slices > 1:
+        files.append((CONTEXT_FILE, context))
+    written = []
+    try:   # every file is written and checked before any replaces its predecessor
+        for fname, tensors in files:
+            tmp = out_dir / (fname + ".tmp")
+            written.append(tmp)
+            save_file(tensors, str(tmp), metadata=meta)
+            os.chmod(tmp, 0o644)
+            if tmp.stat().st_size > MAX_FILE_BYTES:
+                raise WeightsError(f"{fname} would exceed 16 MiB")
+        for (fname, _), tmp in zip(files, written):
+            os.replace(tmp, out_dir / fname)
+    finally:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+    if model.slices == 1:   # a plain hyperprior: no context file of an earlier export may linger
+        (out_dir / CONTEXT_FILE).unlink(missing_ok=True)
     return fp
 
 
@@ -161,10 +177,15 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     """
     d = Path(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
+    model = _model(meta, synthesis["lambdas"])
+    if model.slices > 1:   # the channel context's decoder half; its float half is for training
+        context, cmeta = _read(d / CONTEXT_FILE)
+        if cmeta.get("fingerprint") != meta.get("fingerprint"):
+            raise WeightsError(f"{d} holds context and synthesis weights of different exports")
+        synthesis = {**synthesis, **{k: v for k, v in context.items() if not k.startswith("context.")}}
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
         raise WeightsError(f"{d / SYNTHESIS_FILE} is damaged (fingerprint mismatch)")
-    model = _model(meta, synthesis["lambdas"])
     state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
         analysis, ameta = _read(d / ANALYSIS_FILE)
@@ -175,6 +196,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
                if k.startswith(DECODER_PREFIXES) or (encoder and k.startswith(("g_a.", "h_a.")))]
     if missing:
         raise WeightsError(f"weights in {d} are incomplete (missing {missing[0]})")
+
     def integer(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v.to(torch.int64) if v.dtype == torch.int16 else v
                 for k, v in synthesis.items() if k.startswith(prefix)}
@@ -200,7 +222,9 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     """
     d = Path(weights_dir)
     state, meta = {}, {}
-    for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
+    for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE, CONTEXT_FILE):
+        if fname == CONTEXT_FILE and int(meta.get("slices", 1)) == 1:
+            continue
         tensors, meta = _read(d / fname)
         state.update(tensors)
     model = _model(meta, state["lambdas"])

@@ -1,11 +1,13 @@
-"""Exact fixed-point hyper-synthesis: the same entropy parameters on every machine.
+"""Exact fixed-point hyper-synthesis and channel context: the same entropy parameters on every
+machine.
 
 Why: the decoder must reproduce the encoder's probability model bit for bit. A float network can
 differ by one ulp between CPUs, thread counts, BLAS or GPU kernels; one ulp can move a scale across
 a table boundary and derail the rest of the entropy decode (the failure described by Ballé,
 Johnston & Minnen 2019, "Integer networks for data compression with latent-variable models").
 
-How: after training, every layer of ``h_s`` (convolutions and ReLU only) is converted to integers:
+How: after training, every layer of ``h_s`` and of the channel-context networks (convolutions and
+ReLU only; :func:`quantize_network`) is converted to integers:
 weights ``round(w * 2**wb)`` with ``|w_int| <= 2**13``, biases at the accumulator's scale, and
 activations kept with ``ACT_BITS`` fractional bits, clamped to ``[0, 2**24]``. Each layer computes
 ``acc = conv(x_int, w_int) + b_int`` and ``x_next = min(floor(max(acc, 0) / 2**shift), 2**24)``.
@@ -16,9 +18,12 @@ in float64 is *exact*, whatever the summation order, blocking, FMA use or thread
 is the unique mathematical integer. Division by a power of two and ``floor`` are exact too.
 The convolutions run on the CPU in float64 (PyTorch has no Winograd/FFT path for float64).
 
-Outputs: the mean of ``y`` is ``acc / 2**frac`` (an exact float64, then float32), and the scale
-index is the number of integer thresholds ``<= acc`` of the log-scale channel, i.e. the log-scale
-snapped to the nearest entry of the scale table, decided by integer comparisons alone.
+Outputs: ``h_s`` gives the mean and log-scale of ``y`` as ``acc / 2**frac`` (exact float64). A
+channel-context network takes those of its slice and the slices already decoded, as integers
+``round(clamp(v, ±2**11) * 2**8)`` (:func:`context_input`), and adds its own ``acc / 2**frac``
+(one correctly rounded float64 addition). The mean is then rounded to float32, and the scale
+index is the number of thresholds ``<= log-scale``: the log-scale snapped to the nearest entry
+of the scale table, decided by exact comparisons.
 """
 from __future__ import annotations
 

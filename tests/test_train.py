@@ -304,3 +304,5 @@ def test_resume_or_init_of_another_shape_is_a_one_line_error(tmp_path, image_dir
     r = CliRunner().invoke(main, ["train", *args, "--M", "24", "--slices", "1", "--out", str(tmp_path / "y"),
                                   "--init", str(sliced)])
     assert r.exit_code == 1 and "--slices 4" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", *args, "--M", "24", "--slices", "5", "--out", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "multiple of slices" in r.output and "internal" not in r.output, r.output

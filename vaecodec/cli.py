@@ -322,8 +322,11 @@ def train(export_dir, **options):
         env = dict(os.environ, GLIBC_TUNABLES=GLIBC_FAST_MALLOC)
         os.execve(sys.executable, [sys.executable, "-m", "vaecodec", *sys.argv[1:]], env)
     from .train import TrainConfig, train as run
-    cfg = TrainConfig(**{k: v for k, v in options.items() if v is not None and k != "init"},
-                      init=options["init"] or "")
+    try:   # combinations the option parser cannot check, e.g. --slices that does not divide --M
+        cfg = TrainConfig(**{k: v for k, v in options.items() if v is not None and k != "init"},
+                          init=options["init"] or "")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     ckpt = run(cfg)
     if export_dir and int(os.environ.get("RANK", "0")) == 0:
         _export(ckpt, Path(export_dir))

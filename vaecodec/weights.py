@@ -185,7 +185,8 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
         synthesis = {**synthesis, **{k: v for k, v in context.items() if not k.startswith("context.")}}
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
-        raise WeightsError(f"{d / SYNTHESIS_FILE} is damaged (fingerprint mismatch)")
+        damaged = SYNTHESIS_FILE if model.slices == 1 else f"{SYNTHESIS_FILE} or {CONTEXT_FILE}"
+        raise WeightsError(f"{d / damaged} is damaged (fingerprint mismatch)")
     state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
         analysis, ameta = _read(d / ANALYSIS_FILE)

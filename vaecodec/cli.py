@@ -335,10 +335,8 @@ def train(export_dir, **options):
 def _export(checkpoint: Path, out: Path) -> None:
     from . import weights
     from .model import MeanScaleHyperprior
-    from .train import checkpoint_config, load_checkpoint
-    cfg = checkpoint_config(checkpoint)
-    # checkpoints from before channel slices existed have no "slices": the plain hyperprior
-    model = MeanScaleHyperprior(cfg.get("N", 128), cfg.get("M", 192), slices=cfg.get("slices", 1))
+    from .train import checkpoint_config, load_checkpoint, saved_architecture
+    model = MeanScaleHyperprior(**saved_architecture(checkpoint_config(checkpoint)))
     steps = load_checkpoint(checkpoint, model)
     fp = weights.export(model, out, steps=steps)
     click.echo(f"exported {checkpoint} (step {steps}) to {out}/ (fingerprint {fp.hex()})")

@@ -85,6 +85,12 @@ def default_weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
+def _stored(prefix: str, quantized: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An integer network's tensors under ``prefix`` as stored: weights (``|w| <= 2**13``) in
+    int16; :func:`load` widens them back to int64."""
+    return {prefix + k: v.to(torch.int16) if k.endswith("weight") else v for k, v in quantized.items()}
+
+
 @torch.no_grad()
 def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> bytes:
     """Write the weight files for ``model`` into ``out_dir`` (all or none); returns the
@@ -104,12 +110,10 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
         if len(tab["lengths"]) == 0 or tab["lengths"].min() < 2:
             raise WeightsError(f"refusing to export: empty {name} probability table")
     synthesis = {k: v.contiguous() for k, v in state.items() if k.startswith(SYNTHESIS_PREFIXES)}
-    for k, v in quantize_hyper_synthesis(model.h_s, np.log(scales)).items():
-        synthesis[f"h_s_int.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+    synthesis.update(_stored("h_s_int.", quantize_hyper_synthesis(model.h_s, np.log(scales))))
     context = {k: v.contiguous() for k, v in state.items() if k.startswith("lrp.")}
     for i, net in enumerate(model.context):
-        for k, v in quantize_network(net, frac_in=CONTEXT_FRAC).items():
-            context[f"context_int.{i}.{k}"] = v.to(torch.int16) if k.endswith("weight") else v
+        context.update(_stored(f"context_int.{i}.", quantize_network(net, frac_in=CONTEXT_FRAC)))
     for name, tab in (("z", z_tables), ("y", y_tables)):
         for part, arr in tab.items():
             synthesis[f"tables.{name}.{part}"] = torch.from_numpy(

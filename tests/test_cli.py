@@ -140,6 +140,29 @@ def test_decompress_to_jpeg_prints_the_lossy_notice(small_vae, tmp_path):
 # damaged files
 
 
+@pytest.mark.parametrize("name", ["analysis", "synthesis", "context"])
+def test_damaged_weights_file_is_refused(tmp_path, name):
+    """A flipped byte in any weights file, the encoder's included (outside the fingerprint), is
+    a one-line error naming the file; it used to give a valid but 20 bpp .vae for analysis."""
+    import shutil
+    import torch
+    from vaecodec import weights
+    from vaecodec.model import MeanScaleHyperprior
+    torch.manual_seed(0)
+    good = tmp_path / "good"
+    weights.export(MeanScaleHyperprior(16, 24, slices=4), good)
+    Image.fromarray(photo_crop(64, 64)).save(tmp_path / "in.png")
+    assert cli("compress", tmp_path / "in.png", tmp_path / "ok.vae", "--weights", good).exit_code == 0
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    data = bytearray((bad / f"{name}.safetensors").read_bytes())
+    data[-3] ^= 0x10                      # the last tensor's bytes, after the JSON header
+    (bad / f"{name}.safetensors").write_bytes(bytes(data))
+    message = assert_refused(cli("compress", tmp_path / "in.png", tmp_path / "out.vae",
+                                 "--weights", bad), f"{name}.safetensors", "damaged")
+    assert "checksum" in message and not (tmp_path / "out.vae").exists()
+
+
 @pytest.mark.parametrize("where", ["header", "quarter", "middle", "three-quarters", "last-data",
                                    "crc"])
 def test_flipped_byte_is_refused(photo_vae, tmp_path, where):

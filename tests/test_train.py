@@ -306,3 +306,24 @@ def test_resume_or_init_of_another_shape_is_a_one_line_error(tmp_path, image_dir
     assert r.exit_code == 1 and "--slices 4" in r.output, r.output
     r = CliRunner().invoke(main, ["train", *args, "--M", "24", "--slices", "5", "--out", str(tmp_path / "z")])
     assert r.exit_code == 2 and "multiple of slices" in r.output and "internal" not in r.output, r.output
+
+
+def test_export_of_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, image_dir, monkeypatch):
+    """`vaecodec export` of an exported weights file, a stranger or a truncated checkpoint names
+    the file and what is expected; it used to be an "internal error"."""
+    from click.testing import CliRunner
+    from vaecodec.cli import GLIBC_FAST_MALLOC, main
+    monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)
+    train(tiny(tmp_path / "run", image_dir, max_steps=1, slices=1))
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(tmp_path / "w")])
+    assert r.exit_code == 0 and (tmp_path / "w" / "synthesis.safetensors").exists(), r.output
+    stranger = tmp_path / "notes.safetensors"
+    stranger.write_text("not a checkpoint")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    for path in (tmp_path / "w" / "synthesis.safetensors", stranger, truncated):
+        r = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "w2")])
+        assert r.exit_code == 1 and "internal" not in r.output, r.output
+        assert r.output.startswith(f"Error: {path} is not a vaecodec training checkpoint"), r.output
+        assert not (tmp_path / "w2").exists()

@@ -268,13 +268,14 @@ def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
 
 def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = False) -> int:
     """Restore from :func:`save_checkpoint`; returns the step. Adam state only if given.
-    ``new_slices_ok``: see :func:`load_state` (for ``--init``)."""
-    from safetensors import safe_open
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, new_slices_ok)
-    step = int(meta.get("step", 0))
+    ``new_slices_ok``: see :func:`load_state` (for ``--init``). Raises :class:`TrainingError`
+    when ``path`` is not a checkpoint or is damaged or incomplete."""
+    step = int(checkpoint_metadata(path)["step"])
+    try:
+        tensors = load_file(str(path))
+        load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, new_slices_ok)
+    except Exception as exc:   # safetensors' own error type; load_state_dict's RuntimeError
+        raise TrainingError(f"{path} is damaged or incomplete ({str(exc).splitlines()[0][:120]})") from None
     if optimizer is not None:
         for i, p in enumerate(optimizer.param_groups[0]["params"]):
             if f"adam.{i}.exp_avg" in tensors:
@@ -514,9 +515,24 @@ def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> Non
                          + " ".join(f"--{k} {v}" for k, v in want.items()) + f"; pass {options}")
 
 
-def checkpoint_config(path: Path) -> dict:
-    """The TrainConfig a checkpoint was written with, as a dict ({} if absent)."""
+def checkpoint_metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's safetensors metadata (``step``, ``config``, ``extra``). Raises
+    :class:`TrainingError` when ``path`` is not a checkpoint of :func:`save_checkpoint` (an
+    exported weights file, another kind of file, a damaged header)."""
     from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta.get("config", "{}"))
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        ok = meta.get("step", "").isdigit() and isinstance(json.loads(meta.get("config", "{}")), dict)
+    except Exception:   # safetensors and json raise their own error types
+        ok = False
+    if not ok:
+        raise TrainingError(f"{path} is not a vaecodec training checkpoint or is damaged "
+                            "(the checkpoint.safetensors that vaecodec train writes into --out)")
+    return meta
+
+
+def checkpoint_config(path: Path) -> dict:
+    """The TrainConfig a checkpoint was written with, as a dict ({} if absent). Raises
+    :class:`TrainingError` as :func:`checkpoint_metadata`."""
+    return json.loads(checkpoint_metadata(path).get("config", "{}"))

@@ -15,7 +15,9 @@ Safetensors files (never pickle), each under 16 MiB:
 
 The SHA-256 over names, dtypes, shapes and bytes of every decoder tensor (both decoder files,
 without the training-only ones) gives the 8-byte *fingerprint* written into every ``.vae`` file:
-it is what defines decodability. Tables are rebuilt from the final parameters at every export
+it is what defines decodability. Each file's metadata also holds the SHA-256 of all its own
+tensors (``sha256``), checked at load, so damage to any file (the encoder's too, which the
+fingerprint does not cover) is refused instead of silently producing poor files. Tables are rebuilt from the final parameters at every export
 and never recomputed at run time.
 """
 from __future__ import annotations
@@ -60,14 +62,19 @@ class CodingModels:
     fingerprint: bytes
 
 
-def fingerprint(tensors: dict[str, torch.Tensor]) -> bytes:
-    """First 8 bytes of SHA-256 over sorted names, dtypes, shapes and raw bytes."""
+def _digest(tensors: dict[str, torch.Tensor]) -> bytes:
+    """SHA-256 over sorted names, dtypes, shapes and raw bytes."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes())
-    return h.digest()[:8]
+    return h.digest()
+
+
+def fingerprint(tensors: dict[str, torch.Tensor]) -> bytes:
+    """First 8 bytes of SHA-256 over sorted names, dtypes, shapes and raw bytes."""
+    return _digest(tensors)[:8]
 
 
 def default_weights_dir() -> Path:
@@ -134,7 +141,7 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
         for fname, tensors in files:
             tmp = out_dir / (fname + ".tmp")
             written.append(tmp)
-            save_file(tensors, str(tmp), metadata=meta)
+            save_file(tensors, str(tmp), metadata={**meta, "sha256": _digest(tensors).hex()})
             os.chmod(tmp, 0o644)
             if tmp.stat().st_size > MAX_FILE_BYTES:
                 raise WeightsError(f"{fname} would exceed 16 MiB")
@@ -159,6 +166,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise WeightsError(f"cannot read weights file {path}: {exc}") from None
     if meta.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
+    if "sha256" in meta and _digest(tensors).hex() != meta["sha256"]:   # exports since session 15
+        raise WeightsError(f"{path} is damaged (checksum mismatch)")
     return tensors, meta
 
 

@@ -7,7 +7,10 @@ compression": ``y`` is split into ``slices`` groups of channels, coded one after
 slice's Gaussian mean and scale are the hyperprior's, corrected by a small network that also sees
 the slices already decoded, and a latent residual prediction (LRP) network reduces each slice's
 quantisation error before the synthesis transform. ``slices=1`` is the plain mean-scale
-hyperprior. Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With
+hyperprior. With ``checkerboard``, each slice is itself coded in two halves (He et al. 2021,
+"Checkerboard Context Model for Efficient Learned Image Compression"): the *anchors* (positions
+with even row + column) under the parameters above, then the other half with its mean and scale
+corrected by a *spatial context* network that sees the slice's decoded anchors. Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With
 Continuous Rate Adaptation": per quality level a gain vector scales ``y`` before quantisation and
 an inverse gain rescales ``y_hat`` before the synthesis transform; fractional qualities
 interpolate neighbouring gains geometrically.
@@ -62,6 +65,13 @@ def check_lambdas(lambdas, count: int = len(LAMBDAS)) -> tuple[float, ...]:
     return values
 
 
+def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
+    """``(1, 1, h, w)`` bool: the checkerboard's anchor positions (row + column even)."""
+    rows = torch.arange(h, device=device)[:, None]
+    cols = torch.arange(w, device=device)[None, :]
+    return ((rows + cols) % 2 == 0)[None, None]
+
+
 @dataclass
 class ForwardOutput:
     """Training forward pass: reconstruction ``(B,3,H,W)`` and likelihoods of ``y`` and ``z``."""
@@ -75,12 +85,17 @@ class MeanScaleHyperprior(nn.Module):
     ``y``. ``N`` filters, ``M`` latent channels (a multiple of ``slices``); raises
     ``ValueError`` otherwise."""
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, slices: int = SLICES):
+    def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, slices: int = SLICES,
+                 checkerboard: bool = False):
         super().__init__()
         if slices < 1 or M % slices:
             raise ValueError(f"M={M} latent channels do not split into {slices} slices")
-        self.N, self.M, self.slices = N, M, slices
+        self.N, self.M, self.slices, self.checkerboard = N, M, slices, bool(checkerboard)
         ms = M // slices
+        # checkerboard: per slice, its mean and log-scale plus its decoded anchors -> corrections
+        # of the mean and log-scale of its non-anchors
+        self.spatial = nn.ModuleList(slice_transform(3 * ms, N // 2, 2 * ms)
+                                     for _ in range(slices if checkerboard else 0))
         # slice i: context from its hyperprior mean and log-scale and slices 0..i-1 (none for
         # slice 0, whose parameters are the hyperprior's); LRP from its mean and slices 0..i
         self.context = nn.ModuleList(slice_transform((2 + i) * ms, N, 2 * ms) for i in range(1, slices))
@@ -144,6 +159,17 @@ class MeanScaleHyperprior(nn.Module):
         d_mean, d_log_scale = self.context[i - 1](inputs).float().chunk(2, 1)
         return mean + d_mean, log_scale + d_log_scale
 
+    def spatial_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
+                           anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale of slice ``i`` (each ``(B, M/slices, h, w)``) with the checkerboard
+        context's corrections at the non-anchor positions, float path. ``mean``, ``log_scale``:
+        from :meth:`slice_parameters`; ``anchors``: the slice's ``y_hat`` at the anchor
+        positions, zero elsewhere. Anchor positions keep ``mean`` and ``log_scale``."""
+        inputs = torch.cat([mean, log_scale, anchors], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+        d_mean, d_log_scale = self.spatial[i](inputs).float().chunk(2, 1)
+        keep = anchor_mask(*mean.shape[2:], mean.device)
+        return (torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale))
+
     def residual(self, i: int, mean: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor | float:
         """Latent residual prediction for slice ``i``: a correction in ``(-1/2, 1/2)`` added to
         its ``y_hat`` before synthesis, from the slice's hyperprior ``mean`` and ``decoded``
@@ -168,6 +194,10 @@ class MeanScaleHyperprior(nn.Module):
         for i, (y_i, m_h, l_h) in enumerate(zip(y.chunk(self.slices, 1), mean_h.chunk(self.slices, 1),
                                                  log_scale_h.chunk(self.slices, 1))):
             mean, log_scale = self.slice_parameters(i, m_h, l_h, decoded)
+            if self.checkerboard:   # anchors first: their y_hat is the same under the corrections
+                anchors = (ste_round(y_i - mean) if noisy else torch.round(y_i - mean)) + mean
+                anchors = anchors * anchor_mask(*y_i.shape[2:], y_i.device)
+                mean, log_scale = self.spatial_parameters(i, mean, log_scale, anchors)
             scale = lower_bound(torch.exp(log_scale.clamp(max=6.0)), SCALE_MIN)
             if noisy:
                 likelihoods.append(gaussian_likelihood(add_uniform_noise(y_i) - mean, scale))
@@ -199,11 +229,10 @@ class MeanScaleHyperprior(nn.Module):
 
     def exact_slice_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
                                decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coding-time parameters of slice ``i`` of ``y``: mean ``(1, M/slices, h, w)`` float32
-        and scale index (int64), from the exact hyper-synthesis's float64 ``mean`` and
-        ``log_scale`` (all ``M`` channels) and the slices ``decoded`` so far (float32).
-        Exact integer network, float64 additions and comparisons: identical on every machine.
-        """
+        """Coding-time mean and log-scale of slice ``i`` of ``y`` (each ``(1, M/slices, h, w)``,
+        float64), from the exact hyper-synthesis's float64 ``mean`` and ``log_scale`` (all ``M``
+        channels) and the slices ``decoded`` so far (float32). Exact integer network and one
+        float64 addition: identical on every machine."""
         from .integer import context_input
         part = slice(i * self.M // self.slices, (i + 1) * self.M // self.slices)
         mean, log_scale = mean[:, part], log_scale[:, part]
@@ -211,15 +240,37 @@ class MeanScaleHyperprior(nn.Module):
             d_mean, d_log_scale = self.coding.context[i - 1](
                 context_input([mean, log_scale, *decoded])).chunk(2, 1)
             mean, log_scale = mean + d_mean, log_scale + d_log_scale
-        return mean.float(), self.coding.h_s.scale_index(log_scale)
+        return mean, log_scale
+
+    def exact_spatial_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
+                                 anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coding-time version of :meth:`spatial_parameters`: float64 ``mean`` and ``log_scale``
+        of :meth:`exact_slice_parameters` with the exact checkerboard context's corrections at
+        the non-anchor positions; ``anchors``: the slice's ``y_hat`` (float32) at the anchors,
+        zero elsewhere."""
+        from .integer import context_input
+        d_mean, d_log_scale = self.coding.spatial[i](context_input([mean, log_scale, anchors])).chunk(2, 1)
+        keep = anchor_mask(*mean.shape[2:])
+        return torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale)
+
+    def _halves(self, shape) -> list[torch.Tensor]:
+        """Positions of a slice ``shape`` ``(1, M/slices, h, w)`` in coding order, as bool
+        masks of that shape: everything at once, or with ``checkerboard`` the anchors, then the
+        rest (whose parameters :meth:`exact_spatial_parameters` corrects in between)."""
+        if not self.checkerboard:
+            return [torch.ones(shape, dtype=torch.bool)]
+        anchor = anchor_mask(*shape[2:]).expand(shape)
+        return [anchor, ~anchor]
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: float) -> dict:
         """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> coded streams.
 
         Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
-        and coded with the per-channel tables; ``y`` slice by slice as ``round(y - mean)`` with
-        the table of its snapped scale, both from :meth:`exact_slice_parameters`.
+        and coded with the per-channel tables; ``y`` slice by slice (with ``checkerboard``, each
+        slice's anchors, then its other half) as ``round(y - mean)`` with the table of its
+        snapped scale, both from :meth:`exact_slice_parameters` and
+        :meth:`exact_spatial_parameters`.
         """
         from .entropy import IndexedEncoder, encode_indexed
         from .integer import Z_MAX
@@ -232,10 +283,16 @@ class MeanScaleHyperprior(nn.Module):
         encoder = IndexedEncoder(self.coding.y_tables)
         decoded = []
         for i, y_i in enumerate(y.chunk(self.slices, 1)):
-            mean, index = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
-            symbols = torch.round(y_i - mean).clamp(-2**20, 2**20)
-            encoder.encode(symbols.long().numpy(), index.numpy())
-            decoded.append(symbols + mean)
+            mean, log_scale = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
+            y_hat = torch.zeros_like(y_i)
+            for half, where in enumerate(self._halves(y_i.shape)):
+                if half:   # the non-anchors: parameters corrected from the anchors' y_hat
+                    mean, log_scale = self.exact_spatial_parameters(i, mean, log_scale, y_hat)
+                m32, index = mean.float(), self.coding.h_s.scale_index(log_scale)
+                symbols = torch.round(y_i - m32).clamp(-2**20, 2**20)
+                encoder.encode(symbols[where].long().numpy(), index[where].numpy())
+                y_hat = torch.where(where, symbols + m32, y_hat)
+            decoded.append(y_hat)
         y_stream, y_esc = encoder.finish()
         return {"z_shape": tuple(z_hat.shape[2:]), "y_shape": tuple(y.shape[2:]),
                 "z_stream": z_stream, "y_stream": y_stream, "escapes": z_esc + y_esc}
@@ -253,10 +310,18 @@ class MeanScaleHyperprior(nn.Module):
         mean_h, log_scale_h = self.coding.h_s.parameters(z_hat.double())
         decoder = IndexedDecoder(streams["y_stream"], self.coding.y_tables, escapes)
         decoded = []
+        shape = (1, self.M // self.slices, yh, yw)
         for i in range(self.slices):
-            mean, index = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
-            symbols = torch.from_numpy(decoder.decode(index.numpy())).clamp(-2**20, 2**20)
-            decoded.append(symbols.float() + mean)
+            mean, log_scale = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
+            y_hat = torch.zeros(shape)
+            for half, where in enumerate(self._halves(shape)):
+                if half:
+                    mean, log_scale = self.exact_spatial_parameters(i, mean, log_scale, y_hat)
+                m32, index = mean.float(), self.coding.h_s.scale_index(log_scale)
+                symbols = torch.zeros(shape)
+                symbols[where] = torch.from_numpy(decoder.decode(index[where].numpy())).clamp(-2**20, 2**20).float()
+                y_hat = torch.where(where, symbols + m32, y_hat)
+            decoded.append(y_hat)
         decoder.finish()
         escapes.finish()
         return z_hat, decoded, mean_h.float()

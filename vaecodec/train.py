@@ -48,6 +48,7 @@ class TrainConfig:
     N: int = 128
     M: int = 192
     slices: int = SLICES             # channel slices of y (1: no channel context)
+    checkerboard: bool = False       # checkerboard spatial context within each slice
     crop: int = 256
     batch: int = 8
     lr: float = 5e-4
@@ -86,6 +87,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not integer(value) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
+        if not isinstance(self.checkerboard, bool):
+            raise ValueError(f"TrainConfig.checkerboard must be True or False, got {self.checkerboard!r}")
         if self.M % self.slices:
             raise ValueError(f"TrainConfig.M ({self.M}) must be a multiple of slices ({self.slices})")
         if not integer(self.crop) or self.crop < STRIDE or self.crop % STRIDE:
@@ -261,7 +264,7 @@ def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
     which leaves the model's function unchanged (their last layers are zero); every other
     parameter must be present. Raises ``RuntimeError`` on a mismatch."""
     if new_slices_ok:
-        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("context.", "lrp."))}
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("context.", "lrp.", "spatial."))}
         state = {**fresh, **state}
     model.load_state_dict(state)
 
@@ -388,7 +391,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         print(f"loaded {len(images)} training and {len(val_images)} validation images "
               f"in {time.time() - t0:.0f}s", flush=True)
 
-    model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices).to(device)
+    model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices, checkerboard=cfg.checkerboard).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step = 0
     ckpt = out / "checkpoint.safetensors"
@@ -401,8 +404,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if Path(cfg.init).is_dir():   # an exported weights folder
             from .weights import load_float_model
             exported, step = load_float_model(cfg.init)
-            check_architecture(cfg.init, {"N": exported.N, "M": exported.M, "slices": exported.slices},
-                               cfg, init=True)
+            check_architecture(cfg.init, {"N": exported.N, "M": exported.M, "slices": exported.slices,
+                                          "checkerboard": exported.checkerboard}, cfg, init=True)
             load_state(model, exported.state_dict(), new_slices_ok=True)
         else:
             check_architecture(cfg.init, saved_architecture(checkpoint_config(Path(cfg.init))), cfg, init=True)
@@ -497,22 +500,27 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
 
 
 def saved_architecture(config: dict) -> dict:
-    """``N``, ``M`` and ``slices`` of a checkpoint's config (checkpoints from before channel
-    slices hold the plain hyperprior, ``slices`` 1)."""
-    return {"N": config.get("N", 128), "M": config.get("M", 192), "slices": config.get("slices", 1)}
+    """``N``, ``M``, ``slices`` and ``checkerboard`` of a checkpoint's config (checkpoints from
+    before channel slices hold the plain hyperprior, ``slices`` 1, without checkerboard)."""
+    return {"N": config.get("N", 128), "M": config.get("M", 192), "slices": config.get("slices", 1),
+            "checkerboard": config.get("checkerboard", False)}
 
 
 def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> None:
     """Raise a one-line :class:`TrainingError` naming the options to pass when the checkpoint or
     export ``source`` holds a model of another shape (``saved``: ``N``, ``M``, ``slices``) than
     ``cfg``. With ``init``, a model without channel context may start a run with slices."""
-    want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices}
+    want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices, "checkerboard": cfg.checkerboard}
     if init and saved["slices"] == 1:
         saved = {**saved, "slices": cfg.slices}
+    if init and not saved["checkerboard"]:
+        saved = {**saved, "checkerboard": cfg.checkerboard}
     if saved != want:
-        options = " ".join(f"--{k} {v}" for k, v in saved.items())
-        raise TrainingError(f"{source} holds a model with {options}, this run asks for "
-                         + " ".join(f"--{k} {v}" for k, v in want.items()) + f"; pass {options}")
+        def options(arch: dict) -> str:
+            return " ".join(f"--{k} {v}" for k, v in arch.items() if k != "checkerboard") + \
+                (" --checkerboard" if arch["checkerboard"] else " --no-checkerboard")
+        raise TrainingError(f"{source} holds a model with {options(saved)}, this run asks for "
+                            f"{options(want)}; pass {options(saved)}")
 
 
 def checkpoint_metadata(path: Path) -> dict[str, str]:

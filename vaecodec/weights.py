@@ -8,6 +8,8 @@ Safetensors files (never pickle), each under 16 MiB:
 - ``context.safetensors`` (models with channel slices only): the rest of the decoder, the
   integer channel-context networks and the float latent residual prediction networks; and,
   for training only, the float channel-context networks.
+- ``spatial.safetensors`` (models with a checkerboard context only): the integer checkerboard
+  context networks (decoder) and, for training only, their float versions.
 - ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
 - ``training.safetensors``: the float hyper-synthesis and the learned prior's parameters, not
   used for coding; with the files above it restores the full float model, so a later
@@ -40,6 +42,9 @@ from .model import MeanScaleHyperprior
 WEIGHTS_FORMAT = "vaecodec-weights-1"
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
 TRAINING_FILE, CONTEXT_FILE = "training.safetensors", "context.safetensors"
+SPATIAL_FILE = "spatial.safetensors"
+# decoder files besides synthesis, each with the prefix of its training-only float tensors
+EXTRA_DECODER_FILES = ((CONTEXT_FILE, "context."), (SPATIAL_FILE, "spatial."))
 MAX_FILE_BYTES = 16 * 2**20
 
 
@@ -60,6 +65,7 @@ class CodingModels:
     z_tables: Tables
     y_tables: Tables
     fingerprint: bytes
+    spatial: list[IntegerNetwork] = ()   # checkerboard context of each slice (if any)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -121,6 +127,9 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     context = {k: v.contiguous() for k, v in state.items() if k.startswith("lrp.")}
     for i, net in enumerate(model.context):
         context.update(_stored(f"context_int.{i}.", quantize_network(net, frac_in=CONTEXT_FRAC)))
+    spatial = {}
+    for i, net in enumerate(model.spatial):
+        spatial.update(_stored(f"spatial_int.{i}.", quantize_network(net, frac_in=CONTEXT_FRAC)))
     for name, tab in (("z", z_tables), ("y", y_tables)):
         for part, arr in tab.items():
             synthesis[f"tables.{name}.{part}"] = torch.from_numpy(
@@ -129,13 +138,16 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     analysis = {k: v.contiguous() for k, v in state.items()
                 if k.startswith("g_a.") or k.startswith("h_a.")}
     training = {k: v.contiguous() for k, v in state.items() if k.startswith(("h_s.", "prior."))}
-    fp = fingerprint({**synthesis, **context})
+    fp = fingerprint({**synthesis, **context, **spatial})
     context.update({k: v.contiguous() for k, v in state.items() if k.startswith("context.")})
+    spatial.update({k: v.contiguous() for k, v in state.items() if k.startswith("spatial.")})
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
-            "fingerprint": fp.hex(), "steps": str(steps)}
+            "checkerboard": str(int(model.checkerboard)), "fingerprint": fp.hex(), "steps": str(steps)}
     files = [(SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis), (TRAINING_FILE, training)]
     if model.slices > 1:
         files.append((CONTEXT_FILE, context))
+    if model.checkerboard:
+        files.append((SPATIAL_FILE, spatial))
     written = []
     try:   # every file is written and checked before any replaces its predecessor
         for fname, tensors in files:
@@ -150,8 +162,8 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     finally:
         for tmp in written:
             tmp.unlink(missing_ok=True)
-    if model.slices == 1:   # a plain hyperprior: no context file of an earlier export may linger
-        (out_dir / CONTEXT_FILE).unlink(missing_ok=True)
+    for fname in {CONTEXT_FILE, SPATIAL_FILE} - {f for f, _ in files}:
+        (out_dir / fname).unlink(missing_ok=True)   # no file of an earlier export may linger
     return fp
 
 
@@ -173,12 +185,21 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
     """An untrained model of the exported shape; exports from before channel slices have no
-    ``slices`` and are the plain hyperprior. Raises :class:`WeightsError` on a bad shape."""
+    ``slices`` and are the plain hyperprior, those from before the checkerboard context no
+    ``checkerboard``. Raises :class:`WeightsError` on a bad shape."""
     try:
         return MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=lambdas.tolist(),
-                                   slices=int(meta.get("slices", 1)))
+                                   slices=int(meta.get("slices", 1)),
+                                   checkerboard=bool(int(meta.get("checkerboard", 0))))
     except (KeyError, ValueError) as exc:
         raise WeightsError(f"weights have an invalid shape ({exc})") from None
+
+
+def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
+    """The decoder files besides synthesis that ``model``'s shape needs, with the prefix of
+    their training-only tensors."""
+    needed = {CONTEXT_FILE: model.slices > 1, SPATIAL_FILE: model.checkerboard}
+    return [(f, prefix) for f, prefix in EXTRA_DECODER_FILES if needed[f]]
 
 
 def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanScaleHyperprior:
@@ -191,14 +212,15 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     d = Path(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
     model = _model(meta, synthesis["lambdas"])
-    if model.slices > 1:   # the channel context's decoder half; its float half is for training
-        context, cmeta = _read(d / CONTEXT_FILE)
-        if cmeta.get("fingerprint") != meta.get("fingerprint"):
-            raise WeightsError(f"{d} holds context and synthesis weights of different exports")
-        synthesis = {**synthesis, **{k: v for k, v in context.items() if not k.startswith("context.")}}
+    extra = _extra_decoder_files(model)
+    for fname, training_only in extra:   # decoder halves; the float halves are for training
+        tensors, emeta = _read(d / fname)
+        if emeta.get("fingerprint") != meta.get("fingerprint"):
+            raise WeightsError(f"{d} holds {fname.split('.')[0]} and synthesis weights of different exports")
+        synthesis = {**synthesis, **{k: v for k, v in tensors.items() if not k.startswith(training_only)}}
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
-        damaged = SYNTHESIS_FILE if model.slices == 1 else f"{SYNTHESIS_FILE} or {CONTEXT_FILE}"
+        damaged = " or ".join([SYNTHESIS_FILE, *(f for f, _ in extra)])
         raise WeightsError(f"{d / damaged} is damaged (fingerprint mismatch)")
     state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
@@ -218,13 +240,14 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     try:
         h_s = IntegerHyperSynthesis(integer("h_s_int."))
         context = [IntegerNetwork(integer(f"context_int.{i}.")) for i in range(model.slices - 1)]
+        spatial = [IntegerNetwork(integer(f"spatial_int.{i}.")) for i in range(len(model.spatial))]
     except KeyError as exc:
         raise WeightsError(f"weights in {d} are incomplete (missing {exc})") from None
 
     def tables(name: str) -> Tables:
         return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
 
-    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp)
+    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial)
     model.steps = int(meta.get("steps", 0))
     return model.eval()
 
@@ -236,12 +259,12 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     """
     d = Path(weights_dir)
     state, meta = {}, {}
-    for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE, CONTEXT_FILE):
-        if fname == CONTEXT_FILE and int(meta.get("slices", 1)) == 1:
-            continue
+    for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
         tensors, meta = _read(d / fname)
         state.update(tensors)
     model = _model(meta, state["lambdas"])
+    for fname, _ in _extra_decoder_files(model):
+        state.update(_read(d / fname)[0])
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:

@@ -1,0 +1,180 @@
+"""Checkerboard spatial context (He et al. 2021) inside each channel slice: the anchors of a slice
+are coded first, then its other half with parameters corrected from the decoded anchors, exactly
+reproducible at decode time.
+
+A small model (N=16, M=24, 4 slices, checkerboard) with random, non-zero context networks is
+exported and loaded like the shipped weights, whatever the shipped weights hold.
+"""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vaecodec import codec, weights
+from vaecodec.model import MeanScaleHyperprior, anchor_mask
+from vaecodec.train import TrainConfig, TrainingError, check_architecture, load_state
+from vaecodec.weights import SPATIAL_FILE, WeightsError
+from conftest import photo_crop
+
+
+def _randomised(model: MeanScaleHyperprior, seed: int = 0) -> MeanScaleHyperprior:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in (*model.context, *model.lrp, *model.spatial):
+            for p in net[-1].parameters():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def board_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("board")
+    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def board(board_dir):
+    return weights.load(board_dir)
+
+
+@pytest.fixture(scope="module")
+def coded(board):
+    rgb = photo_crop(128, 192, seed=2)
+    return rgb, codec.compress_array(rgb, 5.0, model=board)
+
+
+def _streams(data: bytes) -> dict:
+    from vaecodec import bitstream
+    (tile,) = bitstream.unpack(data).tiles
+    return codec._streams(tile)
+
+
+def test_anchor_mask_is_a_checkerboard():
+    m = anchor_mask(3, 4)[0, 0].int().tolist()
+    assert m == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]]
+
+
+def test_export_load_keeps_the_checkerboard(board, board_dir):
+    assert board.checkerboard and len(board.coding.spatial) == 4 and len(board.coding.context) == 3
+    model, _ = weights.load_float_model(board_dir)
+    assert model.checkerboard and float(model.spatial[3][-1].weight.detach().abs().sum()) > 0
+
+
+def test_round_trip_is_deterministic(board, coded):
+    rgb, data = coded
+    digest = codec.latent_digest(data, board)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert codec.latent_digest(data, board) == digest
+    finally:
+        torch.set_num_threads(threads)
+    decoded = codec.decompress_array(data, model=board).rgb
+    assert decoded.shape == rgb.shape and decoded.dtype == np.uint8
+    assert codec.compress_array(rgb, 5.0, model=board) == data
+
+
+def test_exact_path_matches_the_float_model(board, board_dir, coded):
+    """The decoder's ``y_hat`` equals the float training model's deterministic quantisation
+    (anchors and the rest, every slice) to 1e-3 nearly everywhere."""
+    rgb, data = coded
+    model, _ = weights.load_float_model(board_dir)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    gain, _ = model.gains(5.0)
+    with torch.no_grad():
+        y = model.g_a(x) * gain[:, None, None]
+        hyper = model.h_s(torch.round(model.h_a(y)))
+        mean_h = hyper.chunk(2, 1)[0].chunk(4, 1)
+        _, y_exact = board.decode_latents(_streams(data))
+        decoded = list(y_exact.chunk(4, 1))
+        refined = torch.cat([d + model.residual(i, mean_h[i], decoded[:i + 1]) for i, d in enumerate(decoded)], 1)
+        y_float, _ = model.latents(y, hyper, noisy=False)
+    close = (y_float - refined).abs() < 1e-3
+    assert close.float().mean() > 0.99
+    assert close[:, :, ~anchor_mask(*y.shape[2:])[0, 0]].float().mean() > 0.99   # the second halves too
+
+
+def test_spatial_context_changes_the_code(board_dir, coded, tmp_path):
+    """Zeroing the checkerboard networks changes the y stream, not the z stream: the second
+    halves really are coded with the spatial context's parameters."""
+    rgb, data = coded
+    model, _ = weights.load_float_model(board_dir)
+    with torch.no_grad():
+        for net in model.spatial:
+            for p in net[-1].parameters():
+                p.zero_()
+    weights.export(model, tmp_path)
+    other = codec.compress_array(rgb, 5.0, model=weights.load(tmp_path))
+    assert _streams(other)["z_stream"] == _streams(data)["z_stream"]
+    assert _streams(other)["y_stream"] != _streams(data)["y_stream"]
+
+
+def test_spatial_accumulators_are_exact_in_float64(board):
+    from vaecodec.integer import ACT_MAX, CONTEXT_FRAC, CONTEXT_MAX
+    for net in board.coding.spatial:
+        bound = CONTEXT_MAX * 2**CONTEXT_FRAC
+        for i, w in enumerate(net.weights):
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            assert float(w.abs().max()) <= 2**13
+            assert fan_in * 2**13 * bound + float(net.biases[i].abs().max()) < 2**53
+            bound = ACT_MAX
+
+
+def test_a_new_checkerboard_starts_as_the_model_it_extends():
+    """Initialised from a model without it, a checkerboard model computes the same function
+    (its networks' last layers are zero), so training continues where it was."""
+    torch.manual_seed(3)
+    old = _randomised(MeanScaleHyperprior(16, 24, slices=4))
+    new = MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)
+    with pytest.raises(RuntimeError):
+        load_state(new, old.state_dict())
+    load_state(new, old.state_dict(), new_slices_ok=True)
+    x, level = torch.rand(2, 3, 64, 64), torch.tensor([1, 6])
+    torch.manual_seed(4)
+    a = old(x, level)
+    torch.manual_seed(4)
+    b = new(x, level)
+    assert torch.equal(a.x_hat, b.x_hat) and torch.equal(a.y_likelihoods, b.y_likelihoods)
+
+
+def test_init_may_add_the_checkerboard_not_remove_it():
+    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=True)
+    plain = {"N": 16, "M": 24, "slices": 4, "checkerboard": False}
+    check_architecture("old", plain, cfg, init=True)
+    with pytest.raises(TrainingError, match="--no-checkerboard"):
+        check_architecture("old", plain, cfg, init=False)
+    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=False)
+    with pytest.raises(TrainingError, match="pass --N 16 --M 24 --slices 4 --checkerboard"):
+        check_architecture("new", {**plain, "checkerboard": True}, cfg, init=True)
+
+
+def test_spatial_file_belongs_to_its_export(board_dir, tmp_path):
+    """The decoder half of spatial.safetensors is under the fingerprint: another export's file
+    or a changed integer weight is refused; an export without checkerboard removes a stale one."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    other = tmp_path / "other"
+    torch.manual_seed(5)
+    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True), seed=5), other)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(board_dir, mixed)
+    shutil.copy(other / SPATIAL_FILE, mixed / SPATIAL_FILE)
+    with pytest.raises(WeightsError, match="spatial and synthesis weights of different exports"):
+        weights.load(mixed)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(board_dir, damaged)
+    with safe_open(str(damaged / SPATIAL_FILE), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}   # only the fingerprint left
+    tensors = load_file(str(damaged / SPATIAL_FILE))
+    tensors["spatial_int.2.layer1.bias"] = tensors["spatial_int.2.layer1.bias"] + 1
+    save_file(tensors, str(damaged / SPATIAL_FILE), metadata=meta)
+    with pytest.raises(WeightsError, match=r"spatial.safetensors is damaged \(fingerprint"):
+        weights.load(damaged)
+    (damaged / SPATIAL_FILE).unlink()
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load(damaged)
+    weights.export(MeanScaleHyperprior(16, 24, slices=4), other)
+    assert not (other / SPATIAL_FILE).exists() and not weights.load(other).checkerboard

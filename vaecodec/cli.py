@@ -306,7 +306,7 @@ def _lambdas_option(ctx, param, value):
               help="Channel slices of the latents, coded one after another, each with a "
                    "context of the slices before it (Minnen & Singh 2020); must divide M. "
                    "1: the plain mean-scale hyperprior.")
-@click.option("--checkerboard/--no-checkerboard", default=False, show_default=True,
+@click.option("--checkerboard/--no-checkerboard", default=True, show_default=True,
               help="Code each slice in two halves, the second with a spatial context of the "
                    "first (He et al. 2021).")
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",

@@ -48,7 +48,7 @@ class TrainConfig:
     N: int = 128
     M: int = 192
     slices: int = SLICES             # channel slices of y (1: no channel context)
-    checkerboard: bool = False       # checkerboard spatial context within each slice
+    checkerboard: bool = True        # checkerboard spatial context within each slice
     crop: int = 256
     batch: int = 8
     lr: float = 5e-4

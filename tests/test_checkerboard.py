@@ -146,6 +146,9 @@ def test_init_may_add_the_checkerboard_not_remove_it():
     check_architecture("old", plain, cfg, init=True)
     with pytest.raises(TrainingError, match="--no-checkerboard"):
         check_architecture("old", plain, cfg, init=False)
+    check_architecture("old", {**plain, "slices": 1}, cfg, init=True)
+    with pytest.raises(TrainingError, match="--slices 1 --checkerboard"):   # its networks' shapes
+        check_architecture("old", {**plain, "slices": 1, "checkerboard": True}, cfg, init=True)
     cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=False)
     with pytest.raises(TrainingError, match="pass --N 16 --M 24 --slices 4 --checkerboard"):
         check_architecture("new", {**plain, "checkerboard": True}, cfg, init=True)

@@ -49,7 +49,7 @@ def test_train_resume_and_export(tmp_path, image_dir):
     assert log[3]["loss"] != 1.0
 
     from vaecodec.train import load_checkpoint
-    model = MeanScaleHyperprior(16, 24)
+    model = MeanScaleHyperprior(16, 24, checkerboard=True)   # the trainer's default
     assert load_checkpoint(ckpt, model) == 6
     fp = weights.export(model, tmp_path / "w", steps=6)
     loaded = weights.load(tmp_path / "w")
@@ -201,7 +201,7 @@ def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_di
     ladder = (0.0006, 0.002, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
     ckpt = train(tiny(tmp_path / "run", image_dir, max_steps=1, resume=True, lambdas=ladder))
     from vaecodec.train import load_checkpoint
-    model = MeanScaleHyperprior(16, 24)
+    model = MeanScaleHyperprior(16, 24, checkerboard=True)
     assert load_checkpoint(ckpt, model) == 2
     assert torch.allclose(model.lambdas, torch.tensor(ladder))
 
@@ -287,7 +287,7 @@ def test_resume_or_init_of_another_shape_is_a_one_line_error(tmp_path, image_dir
     from click.testing import CliRunner
     from vaecodec.cli import GLIBC_FAST_MALLOC, main
     monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)   # no re-exec inside the test process
-    train(tiny(tmp_path / "plain", image_dir, max_steps=1, slices=1))
+    train(tiny(tmp_path / "plain", image_dir, max_steps=1, slices=1, checkerboard=False))
     ckpt = tmp_path / "plain" / "checkpoint.safetensors"
     args = ["--data", str(image_dir), "--crop", "64", "--batch", "2", "--max-steps", "1",
             "--N", "16", "--threads", "1"]

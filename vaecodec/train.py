@@ -509,10 +509,11 @@ def saved_architecture(config: dict) -> dict:
 def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> None:
     """Raise a one-line :class:`TrainingError` naming the options to pass when the checkpoint or
     export ``source`` holds a model of another shape (``saved``: ``N``, ``M``, ``slices``) than
-    ``cfg``. With ``init``, a model without channel context may start a run with slices."""
+    ``cfg``. With ``init``, a model without channel context (and without checkerboard) may
+    start a run with slices, and a model without checkerboard one with checkerboard."""
     want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices, "checkerboard": cfg.checkerboard}
-    if init and saved["slices"] == 1:
-        saved = {**saved, "slices": cfg.slices}
+    if init and saved["slices"] == 1 and not saved["checkerboard"]:   # a checkerboard network's
+        saved = {**saved, "slices": cfg.slices}                       # shape depends on slices
     if init and not saved["checkerboard"]:
         saved = {**saved, "checkerboard": cfg.checkerboard}
     if saved != want:

@@ -10,8 +10,9 @@ quantisation error before the synthesis transform. ``slices=1`` is the plain mea
 hyperprior. With ``checkerboard``, each slice is itself coded in two halves (He et al. 2021,
 "Checkerboard Context Model for Efficient Learned Image Compression"): the *anchors* (positions
 with even row + column) under the parameters above, then the other half with its mean and scale
-corrected by a *spatial context* network that sees the slice's decoded anchors. Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With
-Continuous Rate Adaptation": per quality level a gain vector scales ``y`` before quantisation and
+corrected by a *spatial context* network that sees the slice's decoded anchors.
+Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With Continuous Rate
+Adaptation": per quality level a gain vector scales ``y`` before quantisation and
 an inverse gain rescales ``y_hat`` before the synthesis transform; fractional qualities
 interpolate neighbouring gains geometrically.
 

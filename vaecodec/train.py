@@ -259,10 +259,10 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig
 
 
 def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
-    """Load ``state`` into ``model``. With ``new_slices_ok``, channel-context and LRP networks
-    that ``state`` lacks (a model trained without channel context) keep their initialisation,
-    which leaves the model's function unchanged (their last layers are zero); every other
-    parameter must be present. Raises ``RuntimeError`` on a mismatch."""
+    """Load ``state`` into ``model``. With ``new_slices_ok``, channel-context, LRP and
+    checkerboard networks that ``state`` lacks (a model trained without them) keep their
+    initialisation, which leaves the model's function unchanged (their last layers are zero);
+    every other parameter must be present. Raises ``RuntimeError`` on a mismatch."""
     if new_slices_ok:
         fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("context.", "lrp.", "spatial."))}
         state = {**fresh, **state}

@@ -163,6 +163,28 @@ def test_damaged_weights_file_is_refused(tmp_path, name):
     assert "checksum" in message and not (tmp_path / "out.vae").exists()
 
 
+def test_weights_whose_metadata_shape_is_wrong_are_refused(tmp_path):
+    """Metadata that names another N/M than the tensors hold is a one-line error (it was a
+    multi-line internal error from load_state_dict; found by a tryout)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from vaecodec import weights
+    from vaecodec.model import MeanScaleHyperprior
+    torch.manual_seed(0)
+    folder = tmp_path / "w"
+    weights.export(MeanScaleHyperprior(16, 24, slices=1), folder)
+    path = folder / "synthesis.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    meta.pop("sha256")
+    save_file(tensors, str(path), metadata={**meta, "M": "32"})
+    Image.fromarray(photo_crop(64, 64)).save(tmp_path / "in.png")
+    assert_refused(cli("compress", tmp_path / "in.png", tmp_path / "out.vae", "--weights", folder),
+                   "do not match the shape in their metadata", "M 32")
+
+
 @pytest.mark.parametrize("where", ["header", "quarter", "middle", "three-quarters", "last-data",
                                    "crc"])
 def test_flipped_byte_is_refused(photo_vae, tmp_path, where):

@@ -327,3 +327,23 @@ def test_export_of_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, im
         assert r.exit_code == 1 and "internal" not in r.output, r.output
         assert r.output.startswith(f"Error: {path} is not a vaecodec training checkpoint"), r.output
         assert not (tmp_path / "w2").exists()
+
+
+def test_train_runs_the_installed_package_whatever_the_working_directory(tmp_path, image_dir):
+    """`vaecodec train` re-executes itself (to set glibc's malloc tunables) with `python -m`;
+    a `vaecodec` folder in the working directory must not be imported instead (found by a
+    tryout: an old copy there refused today's options)."""
+    shadow = tmp_path / "vaecodec"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise SystemExit("the shadow package was imported")\n')
+    (shadow / "__main__.py").write_text("")
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "vaecodec"
+    if not exe.exists():
+        pytest.skip("no vaecodec entry point next to the interpreter")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}   # force the re-exec
+    r = subprocess.run([str(exe), "train", "--data", str(image_dir), "--out", "run", "--N", "16", "--M", "24",
+                        "--crop", "64", "--batch", "2", "--max-steps", "1", "--threads", "1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "shadow" not in r.stderr + r.stdout, r.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()

@@ -322,7 +322,11 @@ def train(export_dir, **options):
     if sys.platform.startswith("linux") and "mmap_threshold" not in os.environ.get("GLIBC_TUNABLES", ""):
         # glibc returns large tensors to the kernel after every use; raising its thresholds
         # (before the process starts) makes CPU training steps ~1.6-1.9x faster.
-        env = dict(os.environ, GLIBC_TUNABLES=GLIBC_FAST_MALLOC)
+        # the child imports this very package: not a `vaecodec` folder in the working
+        # directory, which `python -m` would otherwise put first on sys.path (Python >= 3.11)
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, GLIBC_TUNABLES=GLIBC_FAST_MALLOC, PYTHONSAFEPATH="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         os.execve(sys.executable, [sys.executable, "-m", "vaecodec", *sys.argv[1:]], env)
     from .train import TrainConfig, train as run
     try:   # combinations the option parser cannot check, e.g. --slices that does not divide --M

@@ -195,6 +195,16 @@ def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
         raise WeightsError(f"weights have an invalid shape ({exc})") from None
 
 
+def _load_state(model: MeanScaleHyperprior, state: dict[str, torch.Tensor], d: Path):
+    """``model.load_state_dict(state, strict=False)``; a tensor whose shape differs from the
+    one the metadata's ``N``/``M``/``slices`` give is a :class:`WeightsError`."""
+    try:
+        return model.load_state_dict(state, strict=False)
+    except RuntimeError:
+        raise WeightsError(f"weights in {d} do not match the shape in their metadata "
+                           f"(N {model.N}, M {model.M}, slices {model.slices})") from None
+
+
 def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
     """The decoder files besides synthesis that ``model``'s shape needs, with the prefix of
     their training-only tensors."""
@@ -228,7 +238,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
         if ameta.get("fingerprint") != meta["fingerprint"]:
             raise WeightsError(f"{d} holds analysis and synthesis weights of different exports")
         state.update(analysis)
-    missing = [k for k in model.load_state_dict(state, strict=False).missing_keys
+    missing = [k for k in _load_state(model, state, d).missing_keys
                if k.startswith(DECODER_PREFIXES) or (encoder and k.startswith(("g_a.", "h_a.")))]
     if missing:
         raise WeightsError(f"weights in {d} are incomplete (missing {missing[0]})")
@@ -269,5 +279,5 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     missing = [k for k in own if k not in state]
     if missing:
         raise WeightsError(f"weights in {d} cannot restore the float model (missing {missing[0]})")
-    model.load_state_dict({k: state[k] for k in own})
+    _load_state(model, {k: state[k] for k in own}, d)
     return model, int(meta.get("steps", 0))

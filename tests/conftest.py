@@ -44,3 +44,36 @@ def photo_crop(height: int, width: int, seed: int = 0) -> np.ndarray:
     big = np.tile(src, reps)
     top = seed % max(1, big.shape[0] - height + 1)
     return np.ascontiguousarray(big[top:top + height, :width])
+
+
+def randomised(model, seed: int = 0):
+    """``model`` with random, non-zero last layers in its channel-context, LRP and checkerboard
+    networks (a new model's are zero), so tests exercise those paths whatever the shipped
+    weights hold."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in (*model.context, *model.lrp, *model.spatial):
+            for p in net[-1].parameters():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def tile_streams(data: bytes) -> dict:
+    """The entropy-coded streams of a single-tile ``.vae`` file."""
+    from vaecodec import bitstream, codec
+    (tile,) = bitstream.unpack(data).tiles
+    return codec._streams(tile)
+
+
+def assert_exact_in_float64(nets) -> None:
+    """Integer context networks fed :func:`vaecodec.integer.context_input` (``|x| <= 2**11 *
+    2**8``; hidden activations ``<= 2**24``; weights ``<= 2**13``): every accumulator stays
+    below 2**53, so their float64 evaluation is exact."""
+    from vaecodec.integer import ACT_MAX, CONTEXT_FRAC, CONTEXT_MAX
+    for net in nets:
+        bound = CONTEXT_MAX * 2**CONTEXT_FRAC
+        for i, w in enumerate(net.weights):
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            assert float(w.abs().max()) <= 2**13
+            assert fan_in * 2**13 * bound + float(net.biases[i].abs().max()) < 2**53
+            bound = ACT_MAX

@@ -15,23 +15,15 @@ from vaecodec import codec, weights
 from vaecodec.model import MeanScaleHyperprior, anchor_mask
 from vaecodec.train import TrainConfig, TrainingError, check_architecture, load_state
 from vaecodec.weights import SPATIAL_FILE, WeightsError
-from conftest import photo_crop
+from conftest import assert_exact_in_float64, photo_crop, randomised, tile_streams
 
-
-def _randomised(model: MeanScaleHyperprior, seed: int = 0) -> MeanScaleHyperprior:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for net in (*model.context, *model.lrp, *model.spatial):
-            for p in net[-1].parameters():
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module")
 def board_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("board")
-    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)), folder)
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)), folder)
     return folder
 
 
@@ -45,11 +37,6 @@ def coded(board):
     rgb = photo_crop(128, 192, seed=2)
     return rgb, codec.compress_array(rgb, 5.0, model=board)
 
-
-def _streams(data: bytes) -> dict:
-    from vaecodec import bitstream
-    (tile,) = bitstream.unpack(data).tiles
-    return codec._streams(tile)
 
 
 def test_anchor_mask_is_a_checkerboard():
@@ -88,7 +75,7 @@ def test_exact_path_matches_the_float_model(board, board_dir, coded):
         y = model.g_a(x) * gain[:, None, None]
         hyper = model.h_s(torch.round(model.h_a(y)))
         mean_h = hyper.chunk(2, 1)[0].chunk(4, 1)
-        _, y_exact = board.decode_latents(_streams(data))
+        _, y_exact = board.decode_latents(tile_streams(data))
         decoded = list(y_exact.chunk(4, 1))
         refined = torch.cat([d + model.residual(i, mean_h[i], decoded[:i + 1]) for i, d in enumerate(decoded)], 1)
         y_float, _ = model.latents(y, hyper, noisy=False)
@@ -108,26 +95,19 @@ def test_spatial_context_changes_the_code(board_dir, coded, tmp_path):
                 p.zero_()
     weights.export(model, tmp_path)
     other = codec.compress_array(rgb, 5.0, model=weights.load(tmp_path))
-    assert _streams(other)["z_stream"] == _streams(data)["z_stream"]
-    assert _streams(other)["y_stream"] != _streams(data)["y_stream"]
+    assert tile_streams(other)["z_stream"] == tile_streams(data)["z_stream"]
+    assert tile_streams(other)["y_stream"] != tile_streams(data)["y_stream"]
 
 
 def test_spatial_accumulators_are_exact_in_float64(board):
-    from vaecodec.integer import ACT_MAX, CONTEXT_FRAC, CONTEXT_MAX
-    for net in board.coding.spatial:
-        bound = CONTEXT_MAX * 2**CONTEXT_FRAC
-        for i, w in enumerate(net.weights):
-            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-            assert float(w.abs().max()) <= 2**13
-            assert fan_in * 2**13 * bound + float(net.biases[i].abs().max()) < 2**53
-            bound = ACT_MAX
+    assert_exact_in_float64(board.coding.spatial)
 
 
 def test_a_new_checkerboard_starts_as_the_model_it_extends():
     """Initialised from a model without it, a checkerboard model computes the same function
     (its networks' last layers are zero), so training continues where it was."""
     torch.manual_seed(3)
-    old = _randomised(MeanScaleHyperprior(16, 24, slices=4))
+    old = randomised(MeanScaleHyperprior(16, 24, slices=4))
     new = MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)
     with pytest.raises(RuntimeError):
         load_state(new, old.state_dict())
@@ -161,7 +141,7 @@ def test_spatial_file_belongs_to_its_export(board_dir, tmp_path):
     from safetensors.torch import load_file, save_file
     other = tmp_path / "other"
     torch.manual_seed(5)
-    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True), seed=5), other)
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True), seed=5), other)
     mixed = tmp_path / "mixed"
     shutil.copytree(board_dir, mixed)
     shutil.copy(other / SPATIAL_FILE, mixed / SPATIAL_FILE)

@@ -12,23 +12,15 @@ import torch
 from vaecodec import codec, weights
 from vaecodec.model import MeanScaleHyperprior
 from vaecodec.train import TrainConfig, load_state
-from conftest import photo_crop
+from conftest import assert_exact_in_float64, photo_crop, randomised, tile_streams
 
-
-def _randomised(model: MeanScaleHyperprior, seed: int = 0) -> MeanScaleHyperprior:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for net in (*model.context, *model.lrp):
-            for p in net[-1].parameters():
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return model
 
 
 @pytest.fixture(scope="module")
 def sliced_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("sliced")
-    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4)), folder)
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4)), folder)
     return folder
 
 
@@ -42,11 +34,6 @@ def coded(sliced):
     rgb = photo_crop(128, 192, seed=1)
     return rgb, codec.compress_array(rgb, 5.0, model=sliced)
 
-
-def _streams(data: bytes) -> dict:
-    from vaecodec import bitstream
-    (tile,) = bitstream.unpack(data).tiles
-    return codec._streams(tile)
 
 
 def test_export_load_keeps_slices(sliced):
@@ -79,7 +66,7 @@ def test_exact_slices_match_the_float_model(sliced, sliced_dir, coded):
         z_hat = torch.round(model.h_a(y))
         hyper = model.h_s(z_hat)
         y_float, _ = model.latents(y, hyper, noisy=False)
-        _, y_exact = sliced.decode_latents(_streams(data))
+        _, y_exact = sliced.decode_latents(tile_streams(data))
         means = hyper.chunk(2, 1)[0].chunk(4, 1)
         decoded = list(y_exact.chunk(4, 1))
         y_exact = torch.cat([d + model.residual(i, means[i], decoded[:i + 1])
@@ -98,26 +85,19 @@ def test_context_changes_the_code(sliced_dir, coded, tmp_path):
                 p.zero_()
     weights.export(plain, tmp_path)
     plain_data = codec.compress_array(rgb, 5.0, model=weights.load(tmp_path))
-    assert _streams(plain_data)["z_stream"] == _streams(data)["z_stream"]
-    assert _streams(plain_data)["y_stream"] != _streams(data)["y_stream"]
+    assert tile_streams(plain_data)["z_stream"] == tile_streams(data)["z_stream"]
+    assert tile_streams(plain_data)["y_stream"] != tile_streams(data)["y_stream"]
 
 
 def test_context_accumulators_are_exact_in_float64(sliced):
     """Inputs ``<= 2**11 * 2**8``, hidden activations ``<= 2**24``, weights ``<= 2**13``:
     every accumulator stays below 2**53, so float64 evaluation is exact."""
-    from vaecodec.integer import ACT_MAX, CONTEXT_FRAC, CONTEXT_MAX
-    for net in sliced.coding.context:
-        bound = CONTEXT_MAX * 2**CONTEXT_FRAC
-        for i, w in enumerate(net.weights):
-            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-            assert float(w.abs().max()) <= 2**13
-            assert fan_in * 2**13 * bound + float(net.biases[i].abs().max()) < 2**53
-            bound = ACT_MAX
+    assert_exact_in_float64(sliced.coding.context)
 
 
 def test_damaged_y_stream_is_refused(sliced, coded):
     from vaecodec.entropy import EntropyCodingError
-    s = _streams(coded[1])
+    s = tile_streams(coded[1])
     s["y_stream"] = s["y_stream"][:-4]
     with pytest.raises(EntropyCodingError):
         sliced.decode_latents(s)
@@ -158,7 +138,7 @@ def test_context_file_belongs_to_its_export(sliced_dir, tmp_path):
     from vaecodec.weights import CONTEXT_FILE, WeightsError
     other = tmp_path / "other"
     torch.manual_seed(5)
-    weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=5), other)
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4), seed=5), other)
     mixed = tmp_path / "mixed"
     shutil.copytree(sliced_dir, mixed)
     shutil.copy(other / CONTEXT_FILE, mixed / CONTEXT_FILE)
@@ -196,10 +176,10 @@ def test_export_writes_all_files_or_none(sliced_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(weights, "save_file", fail_on_context)
     with pytest.raises(OSError):
-        weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
+        weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before   # no .tmp left either
     monkeypatch.setattr(weights, "save_file", real_save)
     monkeypatch.setattr(weights, "MAX_FILE_BYTES", 200_000)
     with pytest.raises(weights.WeightsError, match="exceed 16 MiB"):
-        weights.export(_randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
+        weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before

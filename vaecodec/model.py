@@ -73,6 +73,13 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     return ((rows + cols) % 2 == 0)[None, None]
 
 
+def _corrected_non_anchors(mean, log_scale, d_mean, d_log_scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean + d_mean`` and ``log_scale + d_log_scale`` at the checkerboard's non-anchor
+    positions; the anchors keep ``mean`` and ``log_scale`` unchanged (float and exact path)."""
+    keep = anchor_mask(*mean.shape[2:], mean.device)
+    return torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale)
+
+
 @dataclass
 class ForwardOutput:
     """Training forward pass: reconstruction ``(B,3,H,W)`` and likelihoods of ``y`` and ``z``."""
@@ -167,9 +174,7 @@ class MeanScaleHyperprior(nn.Module):
         from :meth:`slice_parameters`; ``anchors``: the slice's ``y_hat`` at the anchor
         positions, zero elsewhere. Anchor positions keep ``mean`` and ``log_scale``."""
         inputs = torch.cat([mean, log_scale, anchors], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
-        d_mean, d_log_scale = self.spatial[i](inputs).float().chunk(2, 1)
-        keep = anchor_mask(*mean.shape[2:], mean.device)
-        return (torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale))
+        return _corrected_non_anchors(mean, log_scale, *self.spatial[i](inputs).float().chunk(2, 1))
 
     def residual(self, i: int, mean: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor | float:
         """Latent residual prediction for slice ``i``: a correction in ``(-1/2, 1/2)`` added to
@@ -250,9 +255,8 @@ class MeanScaleHyperprior(nn.Module):
         the non-anchor positions; ``anchors``: the slice's ``y_hat`` (float32) at the anchors,
         zero elsewhere."""
         from .integer import context_input
-        d_mean, d_log_scale = self.coding.spatial[i](context_input([mean, log_scale, anchors])).chunk(2, 1)
-        keep = anchor_mask(*mean.shape[2:])
-        return torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale)
+        return _corrected_non_anchors(mean, log_scale,
+                                      *self.coding.spatial[i](context_input([mean, log_scale, anchors])).chunk(2, 1))
 
     def _halves(self, shape) -> list[torch.Tensor]:
         """Positions of a slice ``shape`` ``(1, M/slices, h, w)`` in coding order, as bool

@@ -56,8 +56,13 @@ def test_train_resume_and_export(tmp_path, image_dir):
     assert loaded.coding.fingerprint == fp and loaded.steps == 6
     restored, steps = weights.load_float_model(tmp_path / "w")
     assert steps == 6
-    for k, v in model.state_dict().items():
-        assert torch.equal(restored.state_dict()[k], v), k
+    for k, v in model.state_dict().items():   # the training-only float nets are stored in float16
+        if k.startswith(("h_s.", "context.", "spatial.")):
+            assert torch.equal(restored.state_dict()[k], v.half().float()), k
+        else:
+            assert torch.equal(restored.state_dict()[k], v), k
+    with safe_open(str(tmp_path / "w" / "training.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if k.startswith("h_s.")} == {torch.float16}
     # tables are rebuilt from the final parameters: they match the prior of this model
     from vaecodec.entropy import factorized_tables
     fresh = factorized_tables(model.prior)
@@ -66,6 +71,16 @@ def test_train_resume_and_export(tmp_path, image_dir):
     x = torch.from_numpy(photo_crop(64, 128)).permute(2, 0, 1)[None].float() / 255
     s = loaded.compress(x, 2.5)
     assert loaded.decompress(s, 2.5).shape == x.shape
+
+
+def test_images_too_small_to_use_are_reported(tmp_path, image_dir, capsys):
+    """The validation split takes img0 (160x200), too small for its 256 px centre crops: the
+    trainer says so instead of silently validating on nothing."""
+    train(tiny(tmp_path / "run", image_dir, max_steps=1))
+    out = capsys.readouterr().out
+    assert "loaded 5 training and 0 validation images" in out
+    assert "skipped 1 validation image(s) smaller than 256 px on a side" in out
+    assert "training image(s)" not in out     # 160x200 crops to 64 px: every one is used
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, image_dir):

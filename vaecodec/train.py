@@ -390,6 +390,11 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     if rank == 0:
         print(f"loaded {len(images)} training and {len(val_images)} validation images "
               f"in {time.time() - t0:.0f}s", flush=True)
+        for kind, kept, files, side in (("training", images, train_files, cfg.crop),
+                                         ("validation", val_images, val_files, 256)):
+            if len(kept) < len(files):
+                print(f"skipped {len(files) - len(kept)} {kind} image(s) smaller than {side} px "
+                      f"on a side", flush=True)
 
     model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices, checkerboard=cfg.checkerboard).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -10,7 +10,9 @@ quantisation error before the synthesis transform. ``slices=1`` is the plain mea
 hyperprior. With ``checkerboard``, each slice is itself coded in two halves (He et al. 2021,
 "Checkerboard Context Model for Efficient Learned Image Compression"): the *anchors* (positions
 with even row + column) under the parameters above, then the other half with its mean and scale
-corrected by a *spatial context* network that sees the slice's decoded anchors.
+corrected by a *spatial context* network that sees the slice's decoded anchors. ``blocks``
+adds ELIC's residual bottleneck blocks to the analysis and synthesis transforms
+(:mod:`vaecodec.transforms`).
 Rate control: Cui et al. 2021, "Asymmetric Gained Deep Image Compression With Continuous Rate
 Adaptation": per quality level a gain vector scales ``y`` before quantisation and
 an inverse gain rescales ``y_hat`` before the synthesis transform; fractional qualities
@@ -90,15 +92,18 @@ class ForwardOutput:
 
 class MeanScaleHyperprior(nn.Module):
     """Mean-scale hyperprior with gain units and a channel context over ``slices`` slices of
-    ``y``. ``N`` filters, ``M`` latent channels (a multiple of ``slices``); raises
-    ``ValueError`` otherwise."""
+    ``y``. ``N`` filters, ``M`` latent channels (a multiple of ``slices``), ``blocks`` residual
+    blocks per stage of the transforms (``>= 0``); raises ``ValueError`` otherwise."""
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, slices: int = SLICES,
-                 checkerboard: bool = False):
+                 checkerboard: bool = False, blocks: int = 0):
         super().__init__()
         if slices < 1 or M % slices:
             raise ValueError(f"M={M} latent channels do not split into {slices} slices")
+        if blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
         self.N, self.M, self.slices, self.checkerboard = N, M, slices, bool(checkerboard)
+        self.blocks = blocks
         ms = M // slices
         # checkerboard: per slice, its mean and log-scale plus its decoded anchors -> corrections
         # of the mean and log-scale of its non-anchors
@@ -110,8 +115,8 @@ class MeanScaleHyperprior(nn.Module):
         self.lrp = nn.ModuleList(slice_transform((2 + i) * ms, N, ms)
                                  for i in range(slices if slices > 1 else 0))
         self.register_buffer("lambdas", torch.tensor(lambdas, dtype=torch.float32))
-        self.g_a = analysis_transform(N, M)
-        self.g_s = synthesis_transform(N, M)
+        self.g_a = analysis_transform(N, M, blocks)
+        self.g_s = synthesis_transform(N, M, blocks)
         self.h_a = hyper_analysis_transform(N, M)
         self.h_s = hyper_synthesis_transform(N, M)
         self.prior = FactorizedPrior(N)

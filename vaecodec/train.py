@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -32,6 +33,7 @@ from .entropy import bits, gaussian_likelihood, SCALE_MIN
 from .model import SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
+RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transforms' residual blocks
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
@@ -49,6 +51,7 @@ class TrainConfig:
     M: int = 192
     slices: int = SLICES             # channel slices of y (1: no channel context)
     checkerboard: bool = True        # checkerboard spatial context within each slice
+    blocks: int = 0                  # residual bottleneck blocks per transform stage (ELIC)
     crop: int = 256
     batch: int = 8
     lr: float = 5e-4
@@ -83,7 +86,8 @@ class TrainConfig:
         for name in ("lr", "minutes", "checkpoint_minutes"):
             finite_positive(name)
         for name, least in (("N", 1), ("M", 1), ("slices", 1), ("batch", 1), ("val_every", 1),
-                            ("warmup", 0), ("max_steps", 0), ("threads", 0), ("seed", 0)):
+                            ("warmup", 0), ("max_steps", 0), ("threads", 0), ("seed", 0),
+                            ("blocks", 0)):
             value = getattr(self, name)
             if not integer(value) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
@@ -260,11 +264,13 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig
 
 def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
     """Load ``state`` into ``model``. With ``new_slices_ok``, channel-context, LRP and
-    checkerboard networks that ``state`` lacks (a model trained without them) keep their
-    initialisation, which leaves the model's function unchanged (their last layers are zero);
-    every other parameter must be present. Raises ``RuntimeError`` on a mismatch."""
+    checkerboard networks and residual blocks of the transforms that ``state`` lacks (a model
+    trained without them) keep their initialisation, which leaves the model's function
+    unchanged (their last layers are zero); every other parameter must be present. Raises
+    ``RuntimeError`` on a mismatch."""
     if new_slices_ok:
-        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("context.", "lrp.", "spatial."))}
+        fresh = {k: v for k, v in model.state_dict().items()
+                 if k.startswith(("context.", "lrp.", "spatial.")) or RESIDUAL_BLOCK.match(k)}
         state = {**fresh, **state}
     model.load_state_dict(state)
 
@@ -396,7 +402,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
                 print(f"skipped {len(files) - len(kept)} {kind} image(s) smaller than {side} px "
                       f"on a side", flush=True)
 
-    model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices, checkerboard=cfg.checkerboard).to(device)
+    model = MeanScaleHyperprior(cfg.N, cfg.M, slices=cfg.slices, checkerboard=cfg.checkerboard,
+                                blocks=cfg.blocks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step = 0
     ckpt = out / "checkpoint.safetensors"
@@ -410,7 +417,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             from .weights import load_float_model
             exported, step = load_float_model(cfg.init)
             check_architecture(cfg.init, {"N": exported.N, "M": exported.M, "slices": exported.slices,
-                                          "checkerboard": exported.checkerboard}, cfg, init=True)
+                                          "checkerboard": exported.checkerboard,
+                                          "blocks": exported.blocks}, cfg, init=True)
             load_state(model, exported.state_dict(), new_slices_ok=True)
         else:
             check_architecture(cfg.init, saved_architecture(checkpoint_config(Path(cfg.init))), cfg, init=True)
@@ -505,25 +513,32 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
 
 
 def saved_architecture(config: dict) -> dict:
-    """``N``, ``M``, ``slices`` and ``checkerboard`` of a checkpoint's config (checkpoints from
-    before channel slices hold the plain hyperprior, ``slices`` 1, without checkerboard)."""
+    """``N``, ``M``, ``slices``, ``checkerboard`` and ``blocks`` of a checkpoint's config
+    (checkpoints from before channel slices hold the plain hyperprior, ``slices`` 1, without
+    checkerboard; those from before residual blocks have ``blocks`` 0)."""
     return {"N": config.get("N", 128), "M": config.get("M", 192), "slices": config.get("slices", 1),
-            "checkerboard": config.get("checkerboard", False)}
+            "checkerboard": config.get("checkerboard", False), "blocks": config.get("blocks", 0)}
 
 
 def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> None:
     """Raise a one-line :class:`TrainingError` naming the options to pass when the checkpoint or
     export ``source`` holds a model of another shape (``saved``: ``N``, ``M``, ``slices``) than
     ``cfg``. With ``init``, a model without channel context (and without checkerboard) may
-    start a run with slices, and a model without checkerboard one with checkerboard."""
-    want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices, "checkerboard": cfg.checkerboard}
+    start a run with slices, a model without checkerboard one with checkerboard, and a model
+    without residual blocks one with blocks."""
+    want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices, "checkerboard": cfg.checkerboard,
+            "blocks": cfg.blocks}
+    saved = {"blocks": 0, **saved}
     if init and saved["slices"] == 1 and not saved["checkerboard"]:   # a checkerboard network's
         saved = {**saved, "slices": cfg.slices}                       # shape depends on slices
     if init and not saved["checkerboard"]:
         saved = {**saved, "checkerboard": cfg.checkerboard}
+    if init and not saved["blocks"]:
+        saved = {**saved, "blocks": cfg.blocks}
     if saved != want:
-        def options(arch: dict) -> str:
-            return " ".join(f"--{k} {v}" for k, v in arch.items() if k != "checkerboard") + \
+        def options(arch: dict) -> str:   # --blocks only where it is not the default
+            return " ".join(f"--{k} {arch[k]}" for k in ("N", "M", "slices")) + \
+                (f" --blocks {arch['blocks']}" if arch["blocks"] != TrainConfig.blocks else "") + \
                 (" --checkerboard" if arch["checkerboard"] else " --no-checkerboard")
         raise TrainingError(f"{source} holds a model with {options(saved)}, this run asks for "
                             f"{options(want)}; pass {options(saved)}")

@@ -6,6 +6,11 @@ scale hyperprior of Ballé, Minnen, Singh, Hwang & Johnston 2018, "Variational i
 with a scale hyperprior". GDN is from Ballé, Laparra & Simoncelli 2016, "Density modeling of
 images using a generalized normalization transformation".
 
+Optionally (``blocks > 0``) the analysis and synthesis transforms get residual bottleneck
+blocks at 1/4 and 1/8 resolution, as in He, Yang, Peng, Ma, Qin & Wang 2022, "ELIC: Efficient
+Learned Image Compression with Unevenly Grouped Space-Channel Contextual Adaptive Coding"; they
+start as the identity, so they can be added to a trained model without changing its function.
+
 Shapes (N filters, M latent channels, image ``(B, 3, H, W)`` with H, W multiples of 64):
 
 - analysis ``g_a``:        ``(B, 3, H, W)``       -> ``y`` ``(B, M, H/16, W/16)``
@@ -17,6 +22,8 @@ The hyper-synthesis uses only convolutions and ReLU so that it can be evaluated 
 integer arithmetic at coding time (see :mod:`vaecodec.integer`).
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +62,47 @@ def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTran
                               output_padding=stride - 1)
 
 
-def analysis_transform(N: int, M: int) -> nn.Sequential:
-    """``g_a``: four 5x5 stride-2 convolutions with GDN; ``(B,3,H,W)`` -> ``(B,M,H/16,W/16)``."""
-    return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+class ResidualBottleneck(nn.Module):
+    """ELIC's residual bottleneck block: ``x + conv1x1(relu(conv3x3(relu(conv1x1(x)))))`` with
+    ``channels // 2`` channels inside. Shape-preserving ``(B, C, H, W)``. The last convolution
+    starts at zero, so a new block is the identity until trained."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        mid = channels // 2
+        self.net = nn.Sequential(conv(channels, mid, 1, 1), nn.ReLU(inplace=True), conv(mid, mid, 3, 1),
+                                 nn.ReLU(inplace=True), conv(mid, channels, 1, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
 
 
-def synthesis_transform(N: int, M: int) -> nn.Sequential:
-    """``g_s``: four 5x5 stride-2 transposed convolutions with IGDN; mirror of ``g_a``."""
-    return nn.Sequential(deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-                         deconv(N, N), GDN(N, inverse=True), deconv(N, 3))
+def _with_blocks(layers: list[nn.Module], after: tuple[int, ...], channels: int, blocks: int) -> nn.Sequential:
+    """``nn.Sequential`` of ``layers`` named ``"0"``, ``"1"``, ... as a plain one would be (so
+    weights of a model without blocks still load), with ``blocks`` residual bottleneck blocks
+    (``"res{i}_{k}"``) after each layer index in ``after``."""
+    named = []
+    for i, layer in enumerate(layers):
+        named.append((str(i), layer))
+        if i in after:
+            named += [(f"res{i}_{k}", ResidualBottleneck(channels)) for k in range(blocks)]
+    return nn.Sequential(OrderedDict(named))
+
+
+def analysis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
+    """``g_a``: four 5x5 stride-2 convolutions with GDN; ``(B,3,H,W)`` -> ``(B,M,H/16,W/16)``;
+    ``blocks`` residual bottleneck blocks after the GDNs at 1/4 and 1/8 resolution."""
+    return _with_blocks([conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M)],
+                        (3, 5), N, blocks)
+
+
+def synthesis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
+    """``g_s``: four 5x5 stride-2 transposed convolutions with IGDN; mirror of ``g_a``
+    (``blocks`` residual bottleneck blocks after the IGDNs at 1/8 and 1/4 resolution)."""
+    return _with_blocks([deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+                         deconv(N, N), GDN(N, inverse=True), deconv(N, 3)], (1, 3), N, blocks)
 
 
 def hyper_analysis_transform(N: int, M: int) -> nn.Sequential:

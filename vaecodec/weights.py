@@ -152,7 +152,8 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     context.update(_training_only(state, "context."))
     spatial.update(_training_only(state, "spatial."))
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
-            "checkerboard": str(int(model.checkerboard)), "fingerprint": fp.hex(), "steps": str(steps)}
+            "checkerboard": str(int(model.checkerboard)), "blocks": str(model.blocks),
+            "fingerprint": fp.hex(), "steps": str(steps)}
     files = [(SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis), (TRAINING_FILE, training)]
     if model.slices > 1:
         files.append((CONTEXT_FILE, context))
@@ -196,23 +197,29 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
     """An untrained model of the exported shape; exports from before channel slices have no
     ``slices`` and are the plain hyperprior, those from before the checkerboard context no
-    ``checkerboard``. Raises :class:`WeightsError` on a bad shape."""
+    ``checkerboard``, those from before residual blocks no ``blocks``. Raises
+    :class:`WeightsError` on a bad shape."""
     try:
         return MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=lambdas.tolist(),
                                    slices=int(meta.get("slices", 1)),
-                                   checkerboard=bool(int(meta.get("checkerboard", 0))))
+                                   checkerboard=bool(int(meta.get("checkerboard", 0))),
+                                   blocks=int(meta.get("blocks", 0)))
     except (KeyError, ValueError) as exc:
         raise WeightsError(f"weights have an invalid shape ({exc})") from None
 
 
 def _load_state(model: MeanScaleHyperprior, state: dict[str, torch.Tensor], d: Path):
     """``model.load_state_dict(state, strict=False)``; a tensor whose shape differs from the
-    one the metadata's ``N``/``M``/``slices`` give is a :class:`WeightsError`."""
+    one the metadata's ``N``/``M``/``slices``/``blocks`` give, or a tensor the model has no
+    place for, is a :class:`WeightsError`."""
     try:
-        return model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False)
     except RuntimeError:
-        raise WeightsError(f"weights in {d} do not match the shape in their metadata "
-                           f"(N {model.N}, M {model.M}, slices {model.slices})") from None
+        result = None
+    if result is None or result.unexpected_keys:
+        raise WeightsError(f"weights in {d} do not match the shape in their metadata (N {model.N}, "
+                           f"M {model.M}, slices {model.slices}, blocks {model.blocks})") from None
+    return result
 
 
 def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:

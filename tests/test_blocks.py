@@ -71,12 +71,23 @@ def test_init_may_add_blocks_resume_may_not():
     saved = {"N": 16, "M": 24, "slices": 4, "checkerboard": True}     # a checkpoint from before blocks
     check_architecture("old", saved, cfg, init=True)
     with pytest.raises(TrainingError, match=r"this run asks for --N 16 --M 24 --slices 4 --blocks 2 "
-                                            r"--checkerboard; pass --N 16 --M 24 --slices 4 --checkerboard$"):
+                                            r"--checkerboard; pass --N 16 --M 24 --slices 4 --blocks 0 --checkerboard$"):
         check_architecture("old", saved, cfg, init=False)
     with pytest.raises(TrainingError, match="pass --N 16 --M 24 --slices 4 --blocks 3 --checkerboard"):
         check_architecture("old", {**saved, "blocks": 3}, cfg, init=True)
-    with pytest.raises(ValueError, match="blocks"):
-        TrainConfig(data="d", blocks=-1)
+    for bad in (-1, 17):
+        with pytest.raises(ValueError, match="blocks"):
+            TrainConfig(data="d", blocks=bad)
+
+
+def test_cli_bounds_blocks_like_the_model():
+    from click.testing import CliRunner
+    from vaecodec.cli import main
+    from vaecodec.model import MAX_BLOCKS
+    runner = CliRunner()
+    for bad in (-1, MAX_BLOCKS + 1):
+        result = runner.invoke(main, ["train", "--data", ".", "--blocks", str(bad)])
+        assert result.exit_code == 2 and f"0<=x<={MAX_BLOCKS}" in result.output
 
 
 def test_export_load_round_trip_with_blocks(blocks_dir):
@@ -109,4 +120,22 @@ def test_block_weights_are_under_the_fingerprint(blocks_dir, tmp_path):
             meta = {**f.metadata(), "blocks": "0"}
         save_file(load_file(str(lying / fname)), str(lying / fname), metadata=meta)
     with pytest.raises(WeightsError, match="do not match the shape in their metadata"):
+        weights.load(lying)
+    with pytest.raises(WeightsError, match="do not match the shape in their metadata"):
+        weights.load_float_model(lying)   # --init would otherwise drop the trained blocks
+    with safe_open(str(lying / "training.safetensors"), "pt") as f:
+        meta = {**f.metadata(), "fingerprint": "0" * 16}
+    save_file(load_file(str(lying / "training.safetensors")), str(lying / "training.safetensors"),
+              metadata=meta)
+    with pytest.raises(WeightsError, match="weights files of different exports"):
+        weights.load_float_model(lying)
+
+
+def test_absurd_blocks_in_metadata_are_refused(blocks_dir, tmp_path):
+    lying = tmp_path / "lying"
+    shutil.copytree(blocks_dir, lying)
+    with safe_open(str(lying / SYNTHESIS_FILE), "pt") as f:
+        meta = {**f.metadata(), "blocks": "100000000"}
+    save_file(load_file(str(lying / SYNTHESIS_FILE)), str(lying / SYNTHESIS_FILE), metadata=meta)
+    with pytest.raises(WeightsError, match=f"weights in {lying} have an invalid shape"):
         weights.load(lying)

@@ -41,6 +41,7 @@ from .transforms import (analysis_transform, hyper_analysis_transform, hyper_syn
 
 STRIDE = 64  # total downsampling of y (16) times z (4)
 SLICES = 4   # channel slices of y in a new model (Minnen & Singh 2020 use 10 of M=320)
+MAX_BLOCKS = 16   # residual blocks per transform stage (ELIC uses 3)
 CONTEXT_CLAMP = float(CONTEXT_MAX)   # |input| bound of the slice networks (the exact path's)
 
 # Rate-distortion trade-offs of the 8 integer quality levels (MSE on 0..255 pixel values);
@@ -93,15 +94,16 @@ class ForwardOutput:
 class MeanScaleHyperprior(nn.Module):
     """Mean-scale hyperprior with gain units and a channel context over ``slices`` slices of
     ``y``. ``N`` filters, ``M`` latent channels (a multiple of ``slices``), ``blocks`` residual
-    blocks per stage of the transforms (``>= 0``); raises ``ValueError`` otherwise."""
+    blocks per stage of the transforms (0 to :data:`MAX_BLOCKS`); raises ``ValueError``
+    otherwise."""
 
     def __init__(self, N: int = 128, M: int = 192, lambdas=LAMBDAS, slices: int = SLICES,
                  checkerboard: bool = False, blocks: int = 0):
         super().__init__()
         if slices < 1 or M % slices:
             raise ValueError(f"M={M} latent channels do not split into {slices} slices")
-        if blocks < 0:
-            raise ValueError(f"blocks must be >= 0, got {blocks}")
+        if not 0 <= blocks <= MAX_BLOCKS:
+            raise ValueError(f"blocks must be 0 to {MAX_BLOCKS}, got {blocks}")
         self.N, self.M, self.slices, self.checkerboard = N, M, slices, bool(checkerboard)
         self.blocks = blocks
         ms = M // slices

@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
-from .model import SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
+from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transforms' residual blocks
@@ -91,6 +91,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not integer(value) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {least}, got {value!r}")
+        if self.blocks > MAX_BLOCKS:
+            raise ValueError(f"TrainConfig.blocks must be at most {MAX_BLOCKS}, got {self.blocks!r}")
         if not isinstance(self.checkerboard, bool):
             raise ValueError(f"TrainConfig.checkerboard must be True or False, got {self.checkerboard!r}")
         if self.M % self.slices:
@@ -536,9 +538,11 @@ def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> Non
     if init and not saved["blocks"]:
         saved = {**saved, "blocks": cfg.blocks}
     if saved != want:
-        def options(arch: dict) -> str:   # --blocks only where it is not the default
+        blocks = saved["blocks"] or want["blocks"]   # name --blocks where either model has some
+
+        def options(arch: dict) -> str:
             return " ".join(f"--{k} {arch[k]}" for k in ("N", "M", "slices")) + \
-                (f" --blocks {arch['blocks']}" if arch["blocks"] != TrainConfig.blocks else "") + \
+                (f" --blocks {arch['blocks']}" if blocks else "") + \
                 (" --checkerboard" if arch["checkerboard"] else " --no-checkerboard")
         raise TrainingError(f"{source} holds a model with {options(saved)}, this run asks for "
                             f"{options(want)}; pass {options(saved)}")

@@ -194,7 +194,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
+def _model(meta: dict[str, str], lambdas: torch.Tensor, d: Path) -> MeanScaleHyperprior:
     """An untrained model of the exported shape; exports from before channel slices have no
     ``slices`` and are the plain hyperprior, those from before the checkerboard context no
     ``checkerboard``, those from before residual blocks no ``blocks``. Raises
@@ -205,7 +205,7 @@ def _model(meta: dict[str, str], lambdas: torch.Tensor) -> MeanScaleHyperprior:
                                    checkerboard=bool(int(meta.get("checkerboard", 0))),
                                    blocks=int(meta.get("blocks", 0)))
     except (KeyError, ValueError) as exc:
-        raise WeightsError(f"weights have an invalid shape ({exc})") from None
+        raise WeightsError(f"weights in {d} have an invalid shape ({exc})") from None
 
 
 def _load_state(model: MeanScaleHyperprior, state: dict[str, torch.Tensor], d: Path):
@@ -238,7 +238,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     """
     d = Path(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
-    model = _model(meta, synthesis["lambdas"])
+    model = _model(meta, synthesis["lambdas"], d)
     extra = _extra_decoder_files(model)
     for fname, training_only in extra:   # decoder halves; the float halves are for training
         tensors, emeta = _read(d / fname)
@@ -285,16 +285,21 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     Used to continue training from published weights. Raises :class:`WeightsError`.
     """
     d = Path(weights_dir)
-    state, meta = {}, {}
+    state, metas = {}, []
     for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
         tensors, meta = _read(d / fname)
         state.update(tensors)
-    model = _model(meta, state["lambdas"])
+        metas.append(meta)
+    meta = metas[0]   # the shape the decoder reads, from synthesis.safetensors
+    if any(m.get("fingerprint") != meta.get("fingerprint") for m in metas):
+        raise WeightsError(f"{d} holds weights files of different exports")
+    model = _model(meta, state["lambdas"], d)
     for fname, _ in _extra_decoder_files(model):
         state.update(_read(d / fname)[0])
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
         raise WeightsError(f"weights in {d} cannot restore the float model (missing {missing[0]})")
-    _load_state(model, {k: state[k] for k in own}, d)
+    trainable = tuple(f"{name}." for name, _ in model.named_children()) + ("log_gain", "log_inv_gain")
+    _load_state(model, {k: v for k, v in state.items() if k in own or k.startswith(trainable)}, d)
     return model, int(meta.get("steps", 0))

@@ -121,7 +121,7 @@ def test_a_new_checkerboard_starts_as_the_model_it_extends():
 
 
 def test_init_may_add_the_checkerboard_not_remove_it():
-    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=True)
+    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=True, blocks=0)
     plain = {"N": 16, "M": 24, "slices": 4, "checkerboard": False}
     check_architecture("old", plain, cfg, init=True)
     with pytest.raises(TrainingError, match="--no-checkerboard"):
@@ -129,7 +129,7 @@ def test_init_may_add_the_checkerboard_not_remove_it():
     check_architecture("old", {**plain, "slices": 1}, cfg, init=True)
     with pytest.raises(TrainingError, match="--slices 1 --checkerboard"):   # its networks' shapes
         check_architecture("old", {**plain, "slices": 1, "checkerboard": True}, cfg, init=True)
-    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=False)
+    cfg = TrainConfig(data="d", N=16, M=24, slices=4, checkerboard=False, blocks=0)
     with pytest.raises(TrainingError, match="pass --N 16 --M 24 --slices 4 --checkerboard"):
         check_architecture("new", {**plain, "checkerboard": True}, cfg, init=True)
 

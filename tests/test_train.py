@@ -49,7 +49,7 @@ def test_train_resume_and_export(tmp_path, image_dir):
     assert log[3]["loss"] != 1.0
 
     from vaecodec.train import load_checkpoint
-    model = MeanScaleHyperprior(16, 24, checkerboard=True)   # the trainer's default
+    model = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)   # the trainer's default
     assert load_checkpoint(ckpt, model) == 6
     fp = weights.export(model, tmp_path / "w", steps=6)
     loaded = weights.load(tmp_path / "w")
@@ -216,7 +216,7 @@ def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_di
     ladder = (0.0006, 0.002, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
     ckpt = train(tiny(tmp_path / "run", image_dir, max_steps=1, resume=True, lambdas=ladder))
     from vaecodec.train import load_checkpoint
-    model = MeanScaleHyperprior(16, 24, checkerboard=True)
+    model = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
     assert load_checkpoint(ckpt, model) == 2
     assert torch.allclose(model.lambdas, torch.tensor(ladder))
 

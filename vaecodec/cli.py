@@ -309,7 +309,7 @@ def _lambdas_option(ctx, param, value):
 @click.option("--checkerboard/--no-checkerboard", default=True, show_default=True,
               help="Code each slice in two halves, the second with a spatial context of the "
                    "first (He et al. 2021).")
-@click.option("--blocks", type=click.IntRange(0, 16), default=0, show_default=True,   # model.MAX_BLOCKS
+@click.option("--blocks", type=click.IntRange(0, 16), default=2, show_default=True,   # model.MAX_BLOCKS
               help="Residual bottleneck blocks (ELIC, He et al. 2022) per stage of the analysis "
                    "and synthesis transforms, at 1/4 and 1/8 resolution; 0: plain GDN transforms.")
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",

@@ -51,7 +51,7 @@ class TrainConfig:
     M: int = 192
     slices: int = SLICES             # channel slices of y (1: no channel context)
     checkerboard: bool = True        # checkerboard spatial context within each slice
-    blocks: int = 0                  # residual bottleneck blocks per transform stage (ELIC)
+    blocks: int = 2                  # residual bottleneck blocks per transform stage (ELIC)
     crop: int = 256
     batch: int = 8
     lr: float = 5e-4

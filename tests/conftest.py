@@ -48,14 +48,32 @@ def photo_crop(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def randomised(model, seed: int = 0):
     """``model`` with random, non-zero last layers in its channel-context, LRP and checkerboard
-    networks (a new model's are zero), so tests exercise those paths whatever the shipped
-    weights hold."""
+    networks and its transforms' residual blocks (a new model's are zero), so tests exercise
+    those paths whatever the shipped weights hold."""
+    from vaecodec.transforms import ResidualBottleneck
+    blocks = [m.net for m in model.modules() if isinstance(m, ResidualBottleneck)]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for net in (*model.context, *model.lrp, *model.spatial):
+        for net in (*model.context, *model.lrp, *model.spatial, *blocks):
             for p in net[-1].parameters():
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     return model
+
+
+def assert_extends(old, new, levels=(1, 6)) -> None:
+    """``new`` (a model with networks ``old`` lacks) refuses ``old``'s state as a strict load,
+    takes it with ``new_slices_ok``, and then computes exactly ``old``'s function: its new
+    networks start at zero, so training continues where it was."""
+    from vaecodec.train import load_state
+    with pytest.raises(RuntimeError):
+        load_state(new, old.state_dict())
+    load_state(new, old.state_dict(), new_slices_ok=True)
+    x, level = torch.rand(2, 3, 64, 64), torch.tensor(levels)
+    torch.manual_seed(4)
+    a = old(x, level)
+    torch.manual_seed(4)
+    b = new(x, level)
+    assert torch.equal(a.x_hat, b.x_hat) and torch.equal(a.y_likelihoods, b.y_likelihoods)
 
 
 def tile_streams(data: bytes) -> dict:

@@ -14,25 +14,14 @@ from vaecodec.model import MeanScaleHyperprior
 from vaecodec.train import TrainConfig, TrainingError, check_architecture, load_state
 from vaecodec.transforms import ResidualBottleneck
 from vaecodec.weights import SYNTHESIS_FILE, WeightsError
-from conftest import photo_crop, randomised
-
-
-def _randomised_blocks(model, seed=0):
-    """``model`` with random non-zero last layers in its residual blocks (new ones are zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, ResidualBottleneck):
-                for p in m.net[-1].parameters():
-                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    return randomised(model, seed)
+from conftest import assert_extends, photo_crop, randomised
 
 
 @pytest.fixture(scope="module")
 def blocks_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("blocks")
-    weights.export(_randomised_blocks(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=2)),
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=2)),
                    folder)
     return folder
 
@@ -53,15 +42,7 @@ def test_new_blocks_start_as_the_model_they_extend():
     torch.manual_seed(3)
     old = randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True))
     new = MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=3)
-    with pytest.raises(RuntimeError):
-        load_state(new, old.state_dict())
-    load_state(new, old.state_dict(), new_slices_ok=True)
-    x, level = torch.rand(2, 3, 64, 64), torch.tensor([0, 7])
-    torch.manual_seed(4)
-    a = old(x, level)
-    torch.manual_seed(4)
-    b = new(x, level)
-    assert torch.equal(a.x_hat, b.x_hat) and torch.equal(a.y_likelihoods, b.y_likelihoods)
+    assert_extends(old, new, levels=(0, 7))
     with pytest.raises(RuntimeError):    # never the other way: trained blocks are not dropped
         load_state(old, new.state_dict(), new_slices_ok=True)
 
@@ -109,7 +90,7 @@ def test_block_weights_are_under_the_fingerprint(blocks_dir, tmp_path):
     """A changed synthesis block changes the fingerprint; metadata that hides the blocks is
     refused instead of decoding with a transform the file was not written for."""
     torch.manual_seed(0)
-    changed = _randomised_blocks(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=2), seed=1)
+    changed = randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=2), seed=1)
     fp_changed = weights.export(changed, tmp_path / "changed")
     assert fp_changed != weights.load(blocks_dir).coding.fingerprint
     lying = tmp_path / "lying"

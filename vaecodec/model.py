@@ -128,6 +128,13 @@ class MeanScaleHyperprior(nn.Module):
         self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M))
 
     @property
+    def architecture(self) -> dict:
+        """The constructor's shape arguments: ``N``, ``M``, ``slices``, ``checkerboard``, ``blocks``
+        (as :func:`vaecodec.train.saved_architecture` reads them from a checkpoint)."""
+        return {"N": self.N, "M": self.M, "slices": self.slices, "checkerboard": self.checkerboard,
+                "blocks": self.blocks}
+
+    @property
     def num_qualities(self) -> int:
         return len(self.lambdas)
 

@@ -418,9 +418,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if Path(cfg.init).is_dir():   # an exported weights folder
             from .weights import load_float_model
             exported, step = load_float_model(cfg.init)
-            check_architecture(cfg.init, {"N": exported.N, "M": exported.M, "slices": exported.slices,
-                                          "checkerboard": exported.checkerboard,
-                                          "blocks": exported.blocks}, cfg, init=True)
+            check_architecture(cfg.init, exported.architecture, cfg, init=True)
             load_state(model, exported.state_dict(), new_slices_ok=True)
         else:
             check_architecture(cfg.init, saved_architecture(checkpoint_config(Path(cfg.init))), cfg, init=True)

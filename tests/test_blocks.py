@@ -120,3 +120,20 @@ def test_absurd_blocks_in_metadata_are_refused(blocks_dir, tmp_path):
     save_file(load_file(str(lying / SYNTHESIS_FILE)), str(lying / SYNTHESIS_FILE), metadata=meta)
     with pytest.raises(WeightsError, match=f"weights in {lying} have an invalid shape"):
         weights.load(lying)
+
+
+@pytest.mark.parametrize("key, value", [("blocks", " 2"), ("blocks", "+2"), ("blocks", "2.0"),
+                                        ("blocks", "\u0662"), ("N", "16 "), ("checkerboard", "2"),
+                                        ("slices", ""), ("steps", "-1")])
+def test_metadata_numbers_must_be_what_export_writes(blocks_dir, tmp_path, key, value):
+    """Only plain ASCII digits are read back: Python's int() would take " 2", "+2" or an
+    Arabic-Indic "٢" (U+0662) as 2, and such metadata was never written by export."""
+    lying = tmp_path / "lying"
+    shutil.copytree(blocks_dir, lying)
+    with safe_open(str(lying / SYNTHESIS_FILE), "pt") as f:
+        meta = {**f.metadata(), key: value}
+    save_file(load_file(str(lying / SYNTHESIS_FILE)), str(lying / SYNTHESIS_FILE), metadata=meta)
+    with pytest.raises(WeightsError, match=f"weights in {lying} have (an invalid shape|invalid metadata)"
+                                           f" .*{key}"):
+        weights.load(lying)
+    assert weights.load(blocks_dir).blocks == 2   # the untouched export still loads

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from vaecodec.model import MeanScaleHyperprior
 from vaecodec.train import TrainConfig, learning_rate, train
@@ -324,8 +325,9 @@ def test_resume_or_init_of_another_shape_is_a_one_line_error(tmp_path, image_dir
 
 
 def test_export_of_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, image_dir, monkeypatch):
-    """`vaecodec export` of an exported weights file, a stranger or a truncated checkpoint names
-    the file and what is expected; it used to be an "internal error"."""
+    """`vaecodec export` of an exported weights file, a stranger, a truncated checkpoint or one
+    whose step is not ASCII digits names the file and what is expected; it used to be an
+    "internal error"."""
     from click.testing import CliRunner
     from vaecodec.cli import GLIBC_FAST_MALLOC, main
     monkeypatch.setenv("GLIBC_TUNABLES", GLIBC_FAST_MALLOC)
@@ -337,7 +339,10 @@ def test_export_of_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, im
     stranger.write_text("not a checkpoint")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    for path in (tmp_path / "w" / "synthesis.safetensors", stranger, truncated):
+    superscript = tmp_path / "superscript.safetensors"   # "²".isdigit() is True, int("²") fails
+    with safe_open(str(ckpt), "pt") as f:
+        save_file(load_file(str(ckpt)), str(superscript), metadata={**f.metadata(), "step": "\u00b2"})
+    for path in (tmp_path / "w" / "synthesis.safetensors", stranger, truncated, superscript):
         r = CliRunner().invoke(main, ["export", str(path), "--out", str(tmp_path / "w2")])
         assert r.exit_code == 1 and "internal" not in r.output, r.output
         assert r.output.startswith(f"Error: {path} is not a vaecodec training checkpoint"), r.output

@@ -554,7 +554,8 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        ok = meta.get("step", "").isdigit() and isinstance(json.loads(meta.get("config", "{}")), dict)
+        step = meta.get("step", "")
+        ok = step.isascii() and step.isdigit() and isinstance(json.loads(meta.get("config", "{}")), dict)
     except Exception:   # safetensors and json raise their own error types
         ok = False
     if not ok:

@@ -194,18 +194,44 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def _meta_int(meta: dict[str, str], key: str, default: int | None = None) -> int:
+    """The non-negative integer stored under ``key`` in weights metadata, written by
+    :func:`export` as plain ASCII digits; ``default`` when absent (``None``: required). Anything
+    else (``" 1"``, ``"+1"``, ``"1.0"``, non-ASCII digits that Python's ``int()`` would accept)
+    raises ``ValueError``, so only what export writes is read back."""
+    if key not in meta:
+        if default is None:
+            raise ValueError(f"no {key!r}")
+        return default
+    value = meta[key]
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        raise ValueError(f"{key} {value!r} is not a non-negative integer")
+    return int(value)
+
+
 def _model(meta: dict[str, str], lambdas: torch.Tensor, d: Path) -> MeanScaleHyperprior:
     """An untrained model of the exported shape; exports from before channel slices have no
     ``slices`` and are the plain hyperprior, those from before the checkerboard context no
     ``checkerboard``, those from before residual blocks no ``blocks``. Raises
     :class:`WeightsError` on a bad shape."""
     try:
-        return MeanScaleHyperprior(int(meta["N"]), int(meta["M"]), lambdas=lambdas.tolist(),
-                                   slices=int(meta.get("slices", 1)),
-                                   checkerboard=bool(int(meta.get("checkerboard", 0))),
-                                   blocks=int(meta.get("blocks", 0)))
-    except (KeyError, ValueError) as exc:
+        checkerboard = _meta_int(meta, "checkerboard", 0)
+        if checkerboard > 1:
+            raise ValueError(f"checkerboard {checkerboard} is neither 0 nor 1")
+        return MeanScaleHyperprior(_meta_int(meta, "N"), _meta_int(meta, "M"), lambdas=lambdas.tolist(),
+                                   slices=_meta_int(meta, "slices", 1), checkerboard=bool(checkerboard),
+                                   blocks=_meta_int(meta, "blocks", 0))
+    except ValueError as exc:
         raise WeightsError(f"weights in {d} have an invalid shape ({exc})") from None
+
+
+def _steps(meta: dict[str, str], d: Path) -> int:
+    """The training steps an export records (0 if it records none); :class:`WeightsError` if
+    the value is not what :func:`export` writes."""
+    try:
+        return _meta_int(meta, "steps", 0)
+    except ValueError as exc:
+        raise WeightsError(f"weights in {d} have invalid metadata ({exc})") from None
 
 
 def _load_state(model: MeanScaleHyperprior, state: dict[str, torch.Tensor], d: Path):
@@ -275,7 +301,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
         return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
 
     model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial)
-    model.steps = int(meta.get("steps", 0))
+    model.steps = _steps(meta, d)
     return model.eval()
 
 
@@ -302,4 +328,4 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
         raise WeightsError(f"weights in {d} cannot restore the float model (missing {missing[0]})")
     trainable = tuple(f"{name}." for name, _ in model.named_children()) + ("log_gain", "log_inv_gain")
     _load_state(model, {k: v for k, v in state.items() if k in own or k.startswith(trainable)}, d)
-    return model, int(meta.get("steps", 0))
+    return model, _steps(meta, d)

@@ -5,6 +5,7 @@ Everything runs the real codec with the bundled weights; only one test starts a 
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -22,6 +23,7 @@ from PIL import Image
 
 from conftest import ROOT, photo_crop
 from vaecodec import bitstream, codec
+from vaecodec import cli as cli_module
 from vaecodec.cli import main
 
 # Byte offsets in the big-endian header (">4sBB8sHIIBHHHHB", see bitstream/SPEC.md).
@@ -557,3 +559,95 @@ def test_alpha_to_a_format_without_transparency_is_refused_before_decoding(tmp_p
     assert_refused(cli("decompress", tmp_path / "a.vae", tmp_path / f"out{ext}"),
                    "cannot store transparency")
     assert listing(tmp_path) == ["a.png", "a.vae"]
+
+
+# --------------------------------------------------------------------------------------------
+# standard input and output ("-")
+
+
+def test_pipes_give_the_same_bytes_as_files(small_png, small_vae, tmp_path):
+    """`compress - -` and `decompress - -` read standard input and write standard output: the
+    same .vae bytes and the same pixels as with files; the summary line goes to stderr so
+    stdout carries nothing but the file."""
+    runner = CliRunner()
+    res = runner.invoke(main, ["compress", "-", "-"], input=small_png.read_bytes())
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes == small_vae.read_bytes()
+    assert re.match(r"standard input -> standard output: [\d,]+ bytes, ", res.stderr), res.stderr
+
+    res = runner.invoke(main, ["info", "-"], input=small_vae.read_bytes())
+    assert res.exit_code == 0 and f"standard input ({small_vae.stat().st_size:,} bytes)" in res.stdout
+
+    res = runner.invoke(main, ["decompress", "-", "-"], input=small_vae.read_bytes())
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes.startswith(b"\x89PNG\r\n\x1a\n")
+    assert "standard input -> standard output: 64x48 RGB" in res.stderr
+    direct = tmp_path / "direct.png"
+    assert cli("decompress", small_vae, direct).exit_code == 0
+    with Image.open(io.BytesIO(res.stdout_bytes)) as piped, Image.open(direct) as filed:
+        assert np.array_equal(np.asarray(piped), np.asarray(filed))
+
+    res = runner.invoke(main, ["compress", str(small_png), "-", "--quality", "2"])   # file in, pipe out
+    assert res.exit_code == 0 and res.stdout_bytes[:4] == bitstream.MAGIC, res.output
+    res = runner.invoke(main, ["decompress", "-", str(tmp_path / "o.png")], input=res.stdout_bytes)
+    assert res.exit_code == 0 and (tmp_path / "o.png").exists(), res.output
+
+
+@pytest.mark.parametrize("command, data, message", [
+    ("compress", b"", "standard input is empty"),
+    ("compress", b"not an image", "standard input is not an image"),
+    ("decompress", b"", "standard input is empty"),
+    ("decompress", b"not a .vae file", "not a vaecodec file")])
+def test_bad_standard_input_is_refused(tmp_path, command, data, message):
+    out = tmp_path / ("o.vae" if command == "compress" else "o.png")
+    assert_refused(CliRunner().invoke(main, [command, "-", str(out)], input=data), message)
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_binary_output_to_a_terminal_is_refused(small_png, small_vae, monkeypatch, command):
+    class Terminal(io.BytesIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(cli_module, "_stdout", lambda: terminal)
+    source = small_png if command == "compress" else small_vae
+    assert_refused(cli(command, source, "-"), "to a terminal", "redirect standard output")
+    assert terminal.getvalue() == b""
+
+
+def test_standard_output_gets_all_of_a_partly_taken_write(small_vae, monkeypatch):
+    """A write to a pipe may take only part of the data (the rest used to be lost silently
+    when the reader was slow or gone): every byte is written, in as many calls as it takes."""
+    class Trickle(io.BytesIO):
+        def write(self, data):
+            return super().write(bytes(data[:1000]))
+
+    trickle = Trickle()
+    monkeypatch.setattr(cli_module, "_stdout", lambda: trickle)
+    res = cli("decompress", small_vae, "-")
+    assert res.exit_code == 0, res.output
+    png = trickle.getvalue()
+    assert len(png) > 1000 and Image.open(io.BytesIO(png)).size == (64, 48)
+
+
+def test_reader_that_closes_the_pipe_early_gets_a_one_line_error(tmp_path):
+    """`vaecodec decompress x.vae - | head -c 10`: the decoder finds the pipe closed after the
+    first 64 KiB and says so in one line with exit status 1 (it used to report success)."""
+    noise = np.random.default_rng(1).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    assert cli("compress", tmp_path / "noise.png", tmp_path / "noise.vae", "-q", "8").exit_code == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VAECODEC_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vaecodec", "decompress", str(tmp_path / "noise.vae"),
+                             "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.read(8) == b"\x89PNG\r\n\x1a\n"   # a PNG of some 400 KB has begun
+        proc.stdout.close()
+        assert proc.wait(timeout=300) == 1
+        assert proc.stderr.read().decode().splitlines() == [
+            "Error: standard output was closed before the whole file was written"]
+    finally:
+        proc.kill()
+        proc.stderr.close()

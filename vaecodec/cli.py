@@ -87,6 +87,7 @@ def main():
     vaecodec compress photo.png photo.vae --quality 4
     vaecodec decompress photo.vae restored.png
     vaecodec info photo.vae
+    cat photo.png | vaecodec compress - - > photo.vae    ("-" is standard input/output)
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)   # train installs its own graceful stop
@@ -106,13 +107,41 @@ def _progress(total: int, desc: str):
         yield bar.update
 
 
+STDIO = "-"   # INPUT "-" is standard input, OUTPUT "-" standard output
+MAX_STDIN_IMAGE_BYTES = 1 << 30
+
+
+def _stdin():
+    return sys.stdin.buffer
+
+
+def _stdout():
+    return sys.stdout.buffer
+
+
+def _is_stdio(path: Path) -> bool:
+    return str(path) == STDIO
+
+
+def _shown(path: Path, output: bool = False) -> str:
+    """``path`` as messages name it: "-" is standard input or standard output."""
+    if _is_stdio(path):
+        return "standard output" if output else "standard input"
+    return str(path)
+
+
 def _read_input_bytes(path: Path) -> bytes:
-    """The bytes of a .vae file (a pipe works too). The magic bytes are checked before the rest
-    is read, so a wrong file (a video, /dev/zero) is refused without reading it into memory. A
-    regular file is read whole (its size bounds it, and unpack checks the CRC before any field);
-    from a pipe or device no more is read than its length fields declare
-    (:func:`bitstream.read_file`), so an endless stream cannot exhaust memory."""
+    """The bytes of a .vae file (a pipe works too, and "-" is standard input). The magic bytes
+    are checked before the rest is read, so a wrong file (a video, /dev/zero) is refused without
+    reading it into memory. A regular file is read whole (its size bounds it, and unpack checks
+    the CRC before any field); from a pipe or device no more is read than its length fields
+    declare (:func:`bitstream.read_file`), so an endless stream cannot exhaust memory."""
     from .bitstream import MAGIC, check_magic, read_file
+    if _is_stdio(path):
+        data = read_file(_stdin())
+        if not data:
+            raise click.ClickException("standard input is empty")
+        return data
     if not path.exists():
         raise click.ClickException(f"no such file: {path}")
     if path.is_dir():
@@ -128,6 +157,44 @@ def _read_input_bytes(path: Path) -> bytes:
     if not data:
         raise click.ClickException(f"{path} is empty")
     return data
+
+
+def _read_stdin_image() -> bytes:
+    """An image file's bytes from standard input, at most :data:`MAX_STDIN_IMAGE_BYTES`."""
+    stream, data = _stdin(), bytearray()
+    while chunk := stream.read(1 << 20):
+        data += chunk
+        if len(data) > MAX_STDIN_IMAGE_BYTES:
+            raise click.ClickException("standard input holds more than 1 GiB; save the image to "
+                                       "a file and compress that")
+    return bytes(data)
+
+
+def _check_stdout(what: str) -> None:
+    """Refuse to write binary ``what`` to a terminal (it would garble the screen)."""
+    if _stdout().isatty():
+        raise click.ClickException(f"refusing to write {what} to a terminal; redirect standard "
+                                   "output (> file, | command) or name an OUTPUT file")
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write all of ``data`` to standard output (a write to a pipe can return after part of
+    it). A reader that closed the pipe early is a one-line error; standard output then points
+    at /dev/null, so that Python's flush at exit does not print a second complaint (as the
+    Python docs advise for SIGPIPE)."""
+    stream, view = _stdout(), memoryview(data)
+    try:
+        while view:   # a pipe can take part of the data; a closed one then raises
+            written = stream.write(view)
+            if not written:
+                raise click.ClickException("standard output takes no more data")
+            view = view[written:]
+        stream.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise click.ClickException("standard output was closed before the whole file was "
+                                   "written") from None
 
 
 class _FiniteFloatRange(click.FloatRange):
@@ -175,14 +242,23 @@ def _check_output(output: Path, force: bool, image: bool = False) -> None:
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")
 def compress(input: Path, output: Path, quality: float, force: bool, weights: Path | None):
-    """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file."""
+    """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file.
+
+    INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
+    standard output (messages then go to standard error).
+    """
     from . import bitstream, codec, imageio
-    imageio.check_distinct(input, output)
-    _check_output(output, force)
-    rgb, meta = imageio.read_image(input)
+    stdin, stdout = _is_stdio(input), _is_stdio(output)
+    if stdout:
+        _check_stdout("a .vae file")
+    else:
+        if not stdin:
+            imageio.check_distinct(input, output)
+        _check_output(output, force)
+    rgb, meta = imageio.read_image_bytes(_read_stdin_image()) if stdin else imageio.read_image(input)
     h, w = rgb.shape[:2]
     codec.check_size(h, w)
-    if output.suffix.lower() != ".vae":
+    if not stdout and output.suffix.lower() != ".vae":
         meta.notices.append(f"{output} does not end in .vae (it will hold a .vae stream)")
     for notice in meta.notices:
         click.echo(f"note: {notice}", err=True)
@@ -197,9 +273,13 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
         data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
                                     model=model, progress=update)
         seconds = time.perf_counter() - start
-    imageio.atomic_write_bytes(output, data, force=force)
-    click.echo(f"{input} -> {output}: {len(data):,} bytes, {8 * len(data) / (h * w):.3f} bpp, "
-               f"{w}x{h} {meta.mode}, quality {round(quality * 1000) / 1000:g}, {seconds:.2f} s")
+    if stdout:
+        _write_stdout(data)
+    else:
+        imageio.atomic_write_bytes(output, data, force=force)
+    click.echo(f"{_shown(input)} -> {_shown(output, True)}: {len(data):,} bytes, "
+               f"{8 * len(data) / (h * w):.3f} bpp, {w}x{h} {meta.mode}, "
+               f"quality {round(quality * 1000) / 1000:g}, {seconds:.2f} s", err=stdout)
 
 
 @main.command()
@@ -209,14 +289,24 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")
 def decompress(input: Path, output: Path, force: bool, weights: Path | None):
-    """Decompress a .vae file into an image; the format follows OUTPUT's extension (.png, ...)."""
+    """Decompress a .vae file into an image; the format follows OUTPUT's extension (.png, ...).
+
+    INPUT "-" reads the .vae file from standard input; OUTPUT "-" writes a PNG image to
+    standard output (messages then go to standard error).
+    """
     from . import bitstream, codec, imageio
-    imageio.check_distinct(input, output)
-    _check_output(output, force, image=True)
+    stdin, stdout = _is_stdio(input), _is_stdio(output)
+    if stdout:
+        _check_stdout("a PNG image")
+    else:
+        if not stdin:
+            imageio.check_distinct(input, output)
+        _check_output(output, force, image=True)
     data = _read_input_bytes(input)
     model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)
-    imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
+    if not stdout:
+        imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
     # differs before it allocates anything
     with _progress(codec.tile_count(header.height, header.width), "decompress") as update:
@@ -228,22 +318,28 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     meta = imageio.ImageMeta(mode=decoded.header.mode, alpha=alpha, icc_profile=sections.get(1),
                              notices=[])
     image = imageio.to_image(decoded.rgb, meta)
-    for notice in imageio.write_image(output, image, meta.icc_profile, force=force):
+    if stdout:
+        png, notices = imageio.encode_png(image, meta.icc_profile)
+        _write_stdout(png)
+    else:
+        notices = imageio.write_image(output, image, meta.icc_profile, force=force)
+    for notice in notices:
         click.echo(f"note: {notice}", err=True)
-    click.echo(f"{input} -> {output}: {header.width}x{header.height} {header.mode}, "
-               f"{seconds:.2f} s")
+    click.echo(f"{_shown(input)} -> {_shown(output, True)}: {header.width}x{header.height} "
+               f"{header.mode}, {seconds:.2f} s", err=stdout)
 
 
 @main.command()
 @click.argument("file", type=click.Path(), callback=_path_argument)
 def info(file: Path):
-    """Show the header of a .vae file: size, mode, quality, bpp, tiles, weights fingerprint."""
+    """Show the header of a .vae file ("-": standard input): size, mode, quality, bpp, tiles,
+    weights fingerprint."""
     from . import bitstream
     data = _read_input_bytes(file)
     c = bitstream.unpack(data)
     h = c.header
     kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF"}
-    click.echo(f"file:        {file} ({len(data):,} bytes)\n"
+    click.echo(f"file:        {_shown(file)} ({len(data):,} bytes)\n"
                f"image:       {h.width}x{h.height} {h.mode}\n"
                f"bpp:         {8 * len(data) / (h.width * h.height):.4f}\n"
                f"quality:     {h.quality_milli / 1000:g}\n"

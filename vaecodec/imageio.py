@@ -449,13 +449,28 @@ def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndar
         raise ImageError(f"{name} is not a regular file")
     if st.st_size == 0:
         raise ImageError(f"{name} is empty")
+    return _decode_image(path, name, max_pixels)
+
+
+def read_image_bytes(data: bytes, name: str = "standard input", *,
+                     max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """:func:`read_image` for an image file's bytes already in memory (e.g. read from a pipe);
+    ``name`` stands for the file in messages. Same result, conversions and
+    :class:`ImageError` refusals (empty data: ``"standard input is empty"``)."""
+    if not data:
+        raise ImageError(f"{name} is empty")
+    return _decode_image(io.BytesIO(data), name, max_pixels)
+
+
+def _decode_image(source, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+    """The decoding half of :func:`read_image`: ``source`` is a path or a binary file object."""
     if max_pixels < 1:
         raise ValueError("max_pixels must be positive")
 
     too_large = f"{name} is too large (more than {max_pixels} pixels); refusing to decode it"
     with _pillow_limits(max_pixels):
         try:
-            im = Image.open(path, formats=_read_formats())
+            im = Image.open(source, formats=_read_formats())
         except Image.DecompressionBombError:
             raise ImageError(too_large) from None
         except UnidentifiedImageError:
@@ -879,10 +894,19 @@ def write_image(
     if not isinstance(image, Image.Image):
         raise ImageError(f"cannot write {name}: not a Pillow image ({type(image).__name__})")
     _resolve_target(path, force)  # fail fast, before encoding
+    check_output_mode(path, image.mode)
+    data, notices = _encode(image, fmt, icc_profile, name)
+    atomic_write_bytes(path, data, force=force)
+    return notices
 
+
+def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) -> tuple[bytes, list[str]]:
+    """``image`` as a file of Pillow format ``fmt`` with the options and profile rules of
+    :func:`write_image`; returns the bytes and the notices."""
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"cannot write {name}: not a Pillow image ({type(image).__name__})")
     notices: list[str] = []
     mode = image.mode
-    check_output_mode(path, mode)
     if fmt == "WEBP" and mode in ("L", "LA"):
         image = image.convert("RGB" if mode == "L" else "RGBA")
         notices.append(f"WebP has no greyscale mode; {mode} image written as {image.mode}")
@@ -914,8 +938,13 @@ def write_image(
         raise ImageError(f"not enough memory to encode {name}") from None
     except Exception as err:  # noqa: BLE001 - encoder errors of every kind
         raise ImageError(f"cannot encode {name} as {fmt}: {_oneline(err)}") from None
-    atomic_write_bytes(path, buf.getbuffer(), force=force)
-    return notices
+    return buf.getvalue(), notices
+
+
+def encode_png(image: Image.Image, icc_profile: bytes | None) -> tuple[bytes, list[str]]:
+    """The PNG file :func:`write_image` would write for ``image`` (e.g. for standard output),
+    and its notices. Raises :class:`ImageError` as :func:`write_image` does."""
+    return _encode(image, "PNG", icc_profile, "standard output")
 
 
 def check_distinct(in_path: PathLike, out_path: PathLike) -> None:

@@ -651,3 +651,42 @@ def test_reader_that_closes_the_pipe_early_gets_a_one_line_error(tmp_path):
     finally:
         proc.kill()
         proc.stderr.close()
+
+
+def test_dot_slash_dash_is_a_file_named_dash(small_png, small_vae, tmp_path, monkeypatch):
+    """Only a bare "-" is standard input/output; ./- reaches a file called "-" (pathlib turns
+    "./-" into "-", so it used to read standard input)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(small_png.read_bytes())
+    assert cli("compress", "./-", "o.vae").exit_code == 0
+    assert (tmp_path / "o.vae").read_bytes() == small_vae.read_bytes()
+    assert_refused(cli("compress", small_png, "./-"), "exists; use --force")
+
+
+def _vaecodec_process(args, tmp_path, stdin_file=None, close_stdin=False):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VAECODEC_DEBUG", None)
+    with open(stdin_file, "rb") if stdin_file else open(os.devnull, "rb") as f:
+        return subprocess.run([sys.executable, "-m", "vaecodec", *map(str, args)], stdin=f,
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+                              preexec_fn=(lambda: os.close(0)) if close_stdin else None)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors")
+def test_standard_input_redirected_from_a_file(small_png, small_vae, tmp_path):
+    """`info - < file` checks the whole file as `info file` does (bytes after a complete file
+    are refused, not ignored); `compress - x < x` is refused as output equal to the input,
+    even with --force; a closed standard input is a one-line error, not an internal one."""
+    doubled = tmp_path / "doubled.vae"
+    doubled.write_bytes(small_vae.read_bytes() * 2)
+    proc = _vaecodec_process(["info", "-"], tmp_path, stdin_file=doubled)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        f"Error: file is corrupted or truncated (checksum mismatch); its last "
+        f"{small_vae.stat().st_size} bytes follow a complete file"], proc.stderr
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(small_png.read_bytes())
+    proc = _vaecodec_process(["compress", "--force", "-", victim], tmp_path, stdin_file=victim)
+    assert proc.returncode == 1 and "output path is the same as the input" in proc.stderr
+    assert victim.read_bytes() == small_png.read_bytes()
+    proc = _vaecodec_process(["info", "-"], tmp_path, close_stdin=True)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == ["Error: standard input is closed"]

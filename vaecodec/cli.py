@@ -6,9 +6,11 @@ and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see o
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -36,11 +38,15 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
 
 def _path_argument(ctx, param, value: str) -> Path:
-    """Click callback: refuse empty paths and directory-style paths ending in '/'."""
+    """Click callback: refuse empty paths and directory-style paths ending in '/'. Only a bare
+    "-" means standard input/output; ``./-`` names a file called "-" (pathlib would shorten it
+    to "-", so it is made absolute)."""
     if not value:
         raise click.BadParameter("empty path")
     if param.name == "output" and value.endswith(("/", os.sep)):
         raise click.BadParameter(f"{value!r} names a directory; give a file name")
+    if value != "-" and Path(value) == Path("-"):
+        return Path(os.path.abspath(value))
     return Path(value)
 
 
@@ -112,11 +118,34 @@ MAX_STDIN_IMAGE_BYTES = 1 << 30
 
 
 def _stdin():
+    if sys.stdin is None:   # the shell closed it (<&-)
+        raise click.ClickException("standard input is closed")
     return sys.stdin.buffer
 
 
 def _stdout():
+    if sys.stdout is None:   # >&-
+        raise click.ClickException("standard output is closed")
     return sys.stdout.buffer
+
+
+def _stdin_stat() -> os.stat_result | None:
+    """``fstat`` of standard input, or None where it has no descriptor (a test runner's)."""
+    try:
+        return os.fstat(_stdin().fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+def _check_not_stdin(output: Path) -> None:
+    """Refuse an OUTPUT that is the very file redirected into standard input (``- x < x``)."""
+    st = _stdin_stat()
+    try:
+        same = st is not None and os.path.samestat(st, os.stat(output))
+    except OSError:
+        same = False
+    if same:
+        raise click.ClickException(f"output path is the same as the input: {output}")
 
 
 def _is_stdio(path: Path) -> bool:
@@ -138,7 +167,14 @@ def _read_input_bytes(path: Path) -> bytes:
     declare (:func:`bitstream.read_file`), so an endless stream cannot exhaust memory."""
     from .bitstream import MAGIC, check_magic, read_file
     if _is_stdio(path):
-        data = read_file(_stdin())
+        st = _stdin_stat()
+        if st is not None and stat.S_ISREG(st.st_mode):   # `- < file`: read as the file itself
+            data = _stdin().read(len(MAGIC))
+            if len(data) == len(MAGIC):
+                check_magic(data)
+            data += _stdin().read()
+        else:
+            data = read_file(_stdin())
         if not data:
             raise click.ClickException("standard input is empty")
         return data
@@ -252,7 +288,9 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     if stdout:
         _check_stdout("a .vae file")
     else:
-        if not stdin:
+        if stdin:
+            _check_not_stdin(output)
+        else:
             imageio.check_distinct(input, output)
         _check_output(output, force)
     rgb, meta = imageio.read_image_bytes(_read_stdin_image()) if stdin else imageio.read_image(input)
@@ -299,7 +337,9 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     if stdout:
         _check_stdout("a PNG image")
     else:
-        if not stdin:
+        if stdin:
+            _check_not_stdin(output)
+        else:
             imageio.check_distinct(input, output)
         _check_output(output, force, image=True)
     data = _read_input_bytes(input)

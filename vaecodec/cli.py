@@ -165,34 +165,31 @@ def _read_input_bytes(path: Path) -> bytes:
     reading it into memory. A regular file is read whole (its size bounds it, and unpack checks
     the CRC before any field); from a pipe or device no more is read than its length fields
     declare (:func:`bitstream.read_file`), so an endless stream cannot exhaust memory."""
-    from .bitstream import MAGIC, check_magic, read_file
     if _is_stdio(path):
-        st = _stdin_stat()
-        if st is not None and stat.S_ISREG(st.st_mode):   # `- < file`: read as the file itself
-            data = _stdin().read(len(MAGIC))
-            if len(data) == len(MAGIC):
-                check_magic(data)
-            data += _stdin().read()
-        else:
-            data = read_file(_stdin())
-        if not data:
-            raise click.ClickException("standard input is empty")
-        return data
-    if not path.exists():
-        raise click.ClickException(f"no such file: {path}")
-    if path.is_dir():
-        raise click.ClickException(f"{path} is a directory, not a .vae file")
-    with path.open("rb") as f:
-        if path.is_file():
-            data = f.read(len(MAGIC))
-            if len(data) == len(MAGIC):  # shorter: unpack reports it as truncated
-                check_magic(data)
-            data += f.read()
-        else:
-            data = read_file(f)
+        st = _stdin_stat()   # `- < file` is read as the file itself
+        data = _read_vae_stream(_stdin(), st is not None and stat.S_ISREG(st.st_mode))
+    else:
+        if not path.exists():
+            raise click.ClickException(f"no such file: {path}")
+        if path.is_dir():
+            raise click.ClickException(f"{path} is a directory, not a .vae file")
+        with path.open("rb") as f:
+            data = _read_vae_stream(f, path.is_file())
     if not data:
-        raise click.ClickException(f"{path} is empty")
+        raise click.ClickException(f"{_shown(path)} is empty")
     return data
+
+
+def _read_vae_stream(f, regular: bool) -> bytes:
+    """A regular file's bytes whole once its magic bytes check out; from anything else exactly
+    the one .vae file its length fields declare (:func:`bitstream.read_file`)."""
+    from .bitstream import MAGIC, check_magic, read_file
+    if not regular:
+        return read_file(f)
+    data = f.read(len(MAGIC))
+    if len(data) == len(MAGIC):  # shorter: unpack reports it as truncated
+        check_magic(data)
+    return data + f.read()
 
 
 def _read_stdin_image() -> bytes:
@@ -255,10 +252,18 @@ def _crop_option(ctx, param, value):
 _POSITIVE = _FiniteFloatRange(min=0, min_open=True)
 
 
-def _check_output(output: Path, force: bool, image: bool = False) -> None:
-    """Refuse an OUTPUT that cannot be written before any coding work is done (an unknown image
-    extension, a missing or read-only directory, an existing file without --force)."""
+def _check_output(input: Path, output: Path, force: bool, stdout_what: str, image: bool = False) -> None:
+    """Refuse an OUTPUT that cannot be written before any coding work is done: standard output
+    that is a terminal (for binary ``stdout_what``), the input itself, an unknown image
+    extension, a missing or read-only directory, an existing file without --force."""
     from . import imageio
+    if _is_stdio(output):
+        _check_stdout(stdout_what)
+        return
+    if _is_stdio(input):
+        _check_not_stdin(output)
+    else:
+        imageio.check_distinct(input, output)
     if image and output.suffix.lower() not in imageio.WRITE_FORMATS:
         shown = f"'{output.suffix.lower()}'" if output.suffix else "no extension"
         raise imageio.ImageError(f"cannot write {output}: unknown image extension ({shown}); "
@@ -285,14 +290,7 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
     """
     from . import bitstream, codec, imageio
     stdin, stdout = _is_stdio(input), _is_stdio(output)
-    if stdout:
-        _check_stdout("a .vae file")
-    else:
-        if stdin:
-            _check_not_stdin(output)
-        else:
-            imageio.check_distinct(input, output)
-        _check_output(output, force)
+    _check_output(input, output, force, "a .vae file")
     rgb, meta = imageio.read_image_bytes(_read_stdin_image()) if stdin else imageio.read_image(input)
     h, w = rgb.shape[:2]
     codec.check_size(h, w)
@@ -333,15 +331,8 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     standard output (messages then go to standard error).
     """
     from . import bitstream, codec, imageio
-    stdin, stdout = _is_stdio(input), _is_stdio(output)
-    if stdout:
-        _check_stdout("a PNG image")
-    else:
-        if stdin:
-            _check_not_stdin(output)
-        else:
-            imageio.check_distinct(input, output)
-        _check_output(output, force, image=True)
+    stdout = _is_stdio(output)
+    _check_output(input, output, force, "a PNG image", image=True)
     data = _read_input_bytes(input)
     model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)

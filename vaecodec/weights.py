@@ -3,8 +3,11 @@
 Safetensors files (never pickle), each under 16 MiB:
 
 - ``synthesis.safetensors``: the *decoder*: the synthesis transform ``g_s``, the gains, the
-  integer hyper-synthesis (:mod:`vaecodec.integer`), the probability tables of ``z`` (per
-  channel, from the learned prior) and of ``y`` (per entry of the scale table).
+  probability tables of ``z`` (per channel, from the learned prior) and of ``y`` (per entry of
+  the scale table).
+- ``hyper.safetensors``: the rest of the decoder's core, the integer hyper-synthesis
+  (:mod:`vaecodec.integer`); exports before session 18 kept it in ``synthesis.safetensors``,
+  which a model with more latent channels would push past 16 MiB.
 - ``context.safetensors`` (models with channel slices only): the rest of the decoder, the
   integer channel-context networks and the float latent residual prediction networks; and,
   for training only, the float channel-context networks.
@@ -44,7 +47,7 @@ from .model import MeanScaleHyperprior
 WEIGHTS_FORMAT = "vaecodec-weights-1"
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
 TRAINING_FILE, CONTEXT_FILE = "training.safetensors", "context.safetensors"
-SPATIAL_FILE = "spatial.safetensors"
+SPATIAL_FILE, HYPER_FILE = "spatial.safetensors", "hyper.safetensors"
 # decoder files besides synthesis, each with the prefix of its training-only float tensors
 EXTRA_DECODER_FILES = ((CONTEXT_FILE, "context."), (SPATIAL_FILE, "spatial."))
 MAX_FILE_BYTES = 16 * 2**20
@@ -132,7 +135,7 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
         if len(tab["lengths"]) == 0 or tab["lengths"].min() < 2:
             raise WeightsError(f"refusing to export: empty {name} probability table")
     synthesis = {k: v.contiguous() for k, v in state.items() if k.startswith(SYNTHESIS_PREFIXES)}
-    synthesis.update(_stored("h_s_int.", quantize_hyper_synthesis(model.h_s, np.log(scales))))
+    hyper = _stored("h_s_int.", quantize_hyper_synthesis(model.h_s, np.log(scales)))
     context = {k: v.contiguous() for k, v in state.items() if k.startswith("lrp.")}
     for i, net in enumerate(model.context):
         context.update(_stored(f"context_int.{i}.", quantize_network(net, frac_in=CONTEXT_FRAC)))
@@ -148,13 +151,14 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
                 if k.startswith("g_a.") or k.startswith("h_a.")}
     training = {k: v.contiguous() for k, v in state.items() if k.startswith("prior.")}
     training.update(_training_only(state, "h_s."))
-    fp = fingerprint({**synthesis, **context, **spatial})
+    fp = fingerprint({**synthesis, **hyper, **context, **spatial})
     context.update(_training_only(state, "context."))
     spatial.update(_training_only(state, "spatial."))
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
             "checkerboard": str(int(model.checkerboard)), "blocks": str(model.blocks),
             "fingerprint": fp.hex(), "steps": str(steps)}
-    files = [(SYNTHESIS_FILE, synthesis), (ANALYSIS_FILE, analysis), (TRAINING_FILE, training)]
+    files = [(SYNTHESIS_FILE, synthesis), (HYPER_FILE, hyper), (ANALYSIS_FILE, analysis),
+             (TRAINING_FILE, training)]
     if model.slices > 1:
         files.append((CONTEXT_FILE, context))
     if model.checkerboard:
@@ -266,11 +270,14 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     synthesis, meta = _read(d / SYNTHESIS_FILE)
     model = _model(meta, synthesis["lambdas"], d)
     extra = _extra_decoder_files(model)
+    if "h_s_int.shift" not in synthesis:   # exports since session 18: the hyper-synthesis apart
+        extra.insert(0, (HYPER_FILE, None))
     for fname, training_only in extra:   # decoder halves; the float halves are for training
         tensors, emeta = _read(d / fname)
         if emeta.get("fingerprint") != meta.get("fingerprint"):
             raise WeightsError(f"{d} holds {fname.split('.')[0]} and synthesis weights of different exports")
-        synthesis = {**synthesis, **{k: v for k, v in tensors.items() if not k.startswith(training_only)}}
+        synthesis = {**synthesis, **{k: v for k, v in tensors.items()
+                                     if not (training_only and k.startswith(training_only))}}
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
         damaged = " or ".join([SYNTHESIS_FILE, *(f for f, _ in extra)])

@@ -1,0 +1,74 @@
+"""``hyper.safetensors``: the integer hyper-synthesis in a file of its own (so that a model with
+more latent channels keeps every file under 16 MiB). It is under the fingerprint like the other
+decoder files, and exports from before it (the tensors inside ``synthesis.safetensors``) load
+with the same fingerprint."""
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vaecodec import codec, weights
+from vaecodec.model import MeanScaleHyperprior
+from vaecodec.weights import HYPER_FILE, SYNTHESIS_FILE, WeightsError
+from conftest import photo_crop, randomised
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hyper")
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True)), folder)
+    return folder
+
+
+def rewrite(path, tensors, **meta_changes):
+    with safe_open(str(path), "pt") as f:
+        meta = {**f.metadata(), **meta_changes}
+    meta["sha256"] = weights._digest(tensors).hex()
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_hyper_synthesis_has_its_own_file(export_dir):
+    hyper = load_file(str(export_dir / HYPER_FILE))
+    assert hyper and all(k.startswith("h_s_int.") for k in hyper)
+    assert not any(k.startswith("h_s_int.") for k in load_file(str(export_dir / SYNTHESIS_FILE)))
+    assert weights.load(export_dir, encoder=False).coding.h_s is not None
+
+
+def test_an_export_with_the_hyper_synthesis_inside_synthesis_still_loads(export_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(export_dir, old)
+    merged = {**load_file(str(old / SYNTHESIS_FILE)), **load_file(str(old / HYPER_FILE))}
+    rewrite(old / SYNTHESIS_FILE, merged)
+    (old / HYPER_FILE).unlink()
+    new_model, old_model = weights.load(export_dir), weights.load(old)
+    assert old_model.coding.fingerprint == new_model.coding.fingerprint
+    rgb = photo_crop(64, 128, seed=1)
+    data = codec.compress_array(rgb, 3.0, model=new_model)
+    assert codec.compress_array(rgb, 3.0, model=old_model) == data
+    assert (codec.decompress_array(data, model=old_model).rgb
+            == codec.decompress_array(data, model=new_model).rgb).all()
+
+
+def test_hyper_file_belongs_to_its_export(export_dir, tmp_path):
+    other = tmp_path / "other"
+    torch.manual_seed(7)
+    weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True), seed=7), other)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(export_dir, mixed)
+    shutil.copy(other / HYPER_FILE, mixed / HYPER_FILE)
+    with pytest.raises(WeightsError, match="hyper and synthesis weights of different exports"):
+        weights.load(mixed)
+    damaged = tmp_path / "damaged"   # consistent checksum, changed weight: the fingerprint catches it
+    shutil.copytree(export_dir, damaged)
+    tensors = load_file(str(damaged / HYPER_FILE))
+    name = next(k for k in tensors if k.endswith("bias"))
+    tensors[name] = tensors[name] + 1
+    rewrite(damaged / HYPER_FILE, tensors)
+    with pytest.raises(WeightsError, match=r"hyper.safetensors.* is damaged \(fingerprint mismatch\)"):
+        weights.load(damaged)
+    (damaged / HYPER_FILE).unlink()
+    with pytest.raises(WeightsError, match="not found"):
+        weights.load(damaged)

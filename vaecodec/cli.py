@@ -428,9 +428,7 @@ def _lambdas_option(ctx, param, value):
 @click.option("--N", "N", type=click.IntRange(min=1), default=128, show_default=True,
               help="Filters.")
 @click.option("--M", "M", type=click.IntRange(min=1), default=192, show_default=True,
-              help="Latent channels. With --init from a model with fewer (and the same "
-                   "--slices), the model is widened without changing what it computes; the "
-                   "new channels start unused.")
+              help="Latent channels.")
 @click.option("--slices", type=click.IntRange(min=1), default=4, show_default=True,
               help="Channel slices of the latents, coded one after another, each with a "
                    "context of the slices before it (Minnen & Singh 2020); must divide M. "

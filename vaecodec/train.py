@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file
 
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
 from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
-from .widen import widen_state
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transforms' residual blocks
@@ -269,14 +268,9 @@ def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
     """Load ``state`` into ``model``. With ``new_slices_ok``, channel-context, LRP and
     checkerboard networks and residual blocks of the transforms that ``state`` lacks (a model
     trained without them) keep their initialisation, which leaves the model's function
-    unchanged (their last layers are zero), and a ``state`` with fewer latent channels than
-    ``model`` is widened to them (:func:`vaecodec.widen.widen_state`, same function); every
-    other parameter must be present. Raises ``RuntimeError`` on a mismatch."""
+    unchanged (their last layers are zero); every other parameter must be present. Raises
+    ``RuntimeError`` on a mismatch."""
     if new_slices_ok:
-        try:
-            state = widen_state(state, model)
-        except ValueError as exc:
-            raise RuntimeError(str(exc)) from None
         fresh = {k: v for k, v in model.state_dict().items()
                  if k.startswith(("context.", "lrp.", "spatial.")) or RESIDUAL_BLOCK.match(k)}
         state = {**fresh, **state}
@@ -530,9 +524,8 @@ def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> Non
     """Raise a one-line :class:`TrainingError` naming the options to pass when the checkpoint or
     export ``source`` holds a model of another shape (``saved``: ``N``, ``M``, ``slices``) than
     ``cfg``. With ``init``, a model without channel context (and without checkerboard) may
-    start a run with slices, a model without checkerboard one with checkerboard, a model
-    without residual blocks one with blocks, and a model with fewer latent channels ``M`` one
-    with more (as many more per slice)."""
+    start a run with slices, a model without checkerboard one with checkerboard, and a model
+    without residual blocks one with blocks."""
     want = {"N": cfg.N, "M": cfg.M, "slices": cfg.slices, "checkerboard": cfg.checkerboard,
             "blocks": cfg.blocks}
     saved = {"blocks": 0, **saved}
@@ -542,8 +535,6 @@ def check_architecture(source, saved: dict, cfg: TrainConfig, init: bool) -> Non
         saved = {**saved, "checkerboard": cfg.checkerboard}
     if init and not saved["blocks"]:
         saved = {**saved, "blocks": cfg.blocks}
-    if init and saved["M"] < cfg.M and saved["M"] % saved["slices"] == 0 == cfg.M % saved["slices"]:
-        saved = {**saved, "M": cfg.M}   # widened, see vaecodec.widen
     if saved != want:
         blocks = saved["blocks"] or want["blocks"]   # name --blocks where either model has some
 

@@ -311,6 +311,9 @@ def test_decompress_refuses_unknown_extension_before_decoding(small_vae, tmp_pat
                    "unknown image extension", ".png")
     assert_refused(cli("decompress", small_vae, tmp_path / "noext"), "no extension")
     assert listing(tmp_path) == []
+    (tmp_path / "folder").mkdir()     # a directory is named as one, not as a missing extension
+    assert_refused(cli("decompress", small_vae, tmp_path / "folder"), "it is a directory")
+    assert_refused(cli("compress", small_vae, tmp_path / "folder"), "it is a directory")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")

@@ -72,3 +72,42 @@ def test_hyper_file_belongs_to_its_export(export_dir, tmp_path):
     (damaged / HYPER_FILE).unlink()
     with pytest.raises(WeightsError, match="not found"):
         weights.load(damaged)
+
+
+def test_a_wrong_file_in_place_of_synthesis_is_a_clear_error(export_dir, tmp_path):
+    """Another weights file (or a directory) named synthesis.safetensors is refused by name; it
+    used to be an internal KeyError."""
+    for impostor in (HYPER_FILE, "analysis.safetensors", "training.safetensors"):
+        wrong = tmp_path / impostor.split(".")[0]
+        shutil.copytree(export_dir, wrong)
+        shutil.copy(export_dir / impostor, wrong / SYNTHESIS_FILE)
+        with pytest.raises(WeightsError, match="synthesis.safetensors is not a synthesis weights file"):
+            weights.load(wrong)
+        with pytest.raises(WeightsError, match="synthesis.safetensors is not a synthesis weights file"):
+            weights.load_float_model(wrong)
+    folder = tmp_path / "dir"
+    shutil.copytree(export_dir, folder)
+    (folder / HYPER_FILE).unlink()
+    (folder / HYPER_FILE).mkdir()
+    with pytest.raises(WeightsError, match="hyper.safetensors is a directory, not a weights file"):
+        weights.load(folder)
+
+
+def test_an_export_that_cannot_be_written_says_why(export_dir, tmp_path, monkeypatch):
+    """A write failure inside safetensors (its own error type, not OSError) or a failed rename
+    names the file and the reason; no temporary file is left behind."""
+    model = weights.load_float_model(export_dir)[0]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / HYPER_FILE).mkdir()          # the rename onto it fails
+    with pytest.raises(WeightsError, match=f"cannot write {folder / HYPER_FILE}: Is a directory"):
+        weights.export(model, folder)
+    from safetensors import SafetensorError
+    def refuse(*args, **kwargs):
+        raise SafetensorError('Error while serializing: I/O error: No space left on device '
+                              '(os error 28) at path "x"')
+    monkeypatch.setattr(weights, "save_file", refuse)
+    with pytest.raises(WeightsError, match=f"cannot write {tmp_path / 'new' / SYNTHESIS_FILE}: "
+                                           r"No space left on device \(os error 28\)$"):
+        weights.export(model, tmp_path / "new")
+    assert not [p for p in (folder, tmp_path / "new") for f in p.iterdir() if f.suffix == ".tmp"]

@@ -264,6 +264,8 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
         _check_not_stdin(output)
     else:
         imageio.check_distinct(input, output)
+    if os.path.isdir(output):   # before the extension, which a directory rarely has
+        raise imageio.ImageError(f"cannot write {output}: it is a directory")
     if image and output.suffix.lower() not in imageio.WRITE_FORMATS:
         shown = f"'{output.suffix.lower()}'" if output.suffix else "no extension"
         raise imageio.ImageError(f"cannot write {output}: unknown image extension ({shown}); "
@@ -482,7 +484,9 @@ def _export(checkpoint: Path, out: Path) -> None:
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
-              show_default=True, help="Folder for analysis/synthesis/training.safetensors.")
+              show_default=True,
+              help="Folder for the weights files (synthesis, hyper, analysis, training and, "
+                   "when the model has them, context and spatial .safetensors).")
 def export_command(checkpoint: Path, out: Path):
     """Export a training checkpoint to safetensors weights with fresh entropy tables."""
     _export(checkpoint, out)

@@ -168,12 +168,18 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
         for fname, tensors in files:
             tmp = out_dir / (fname + ".tmp")
             written.append(tmp)
-            save_file(tensors, str(tmp), metadata={**meta, "sha256": _digest(tensors).hex()})
-            os.chmod(tmp, 0o644)
+            try:
+                save_file(tensors, str(tmp), metadata={**meta, "sha256": _digest(tensors).hex()})
+                os.chmod(tmp, 0o644)
+            except Exception as exc:   # safetensors' own error type for I/O failures, OSError
+                raise WeightsError(f"cannot write {out_dir / fname}: {_reason(exc)}") from None
             if tmp.stat().st_size > MAX_FILE_BYTES:
                 raise WeightsError(f"{fname} would exceed 16 MiB")
         for (fname, _), tmp in zip(files, written):
-            os.replace(tmp, out_dir / fname)
+            try:
+                os.replace(tmp, out_dir / fname)
+            except OSError as exc:
+                raise WeightsError(f"cannot write {out_dir / fname}: {exc.strerror or exc}") from None
     finally:
         for tmp in written:
             tmp.unlink(missing_ok=True)
@@ -182,9 +188,19 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     return fp
 
 
+def _reason(exc: Exception) -> str:
+    """The gist of a write error: the OS's words where there are some."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split("I/O error: ")[-1].split(" at path ")[0]
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.exists():
         raise WeightsError(f"model weights not found: {path} (train or install weights first)")
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory, not a weights file")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -211,6 +227,14 @@ def _meta_int(meta: dict[str, str], key: str, default: int | None = None) -> int
     if not (value.isascii() and value.isdigit() and len(value) <= 18):
         raise ValueError(f"{key} {value!r} is not a non-negative integer")
     return int(value)
+
+
+def _lambdas(synthesis: dict[str, torch.Tensor], d: Path) -> torch.Tensor:
+    """The λ ladder that every synthesis file holds; :class:`WeightsError` when the file named
+    synthesis.safetensors is another of the weights files."""
+    if "lambdas" not in synthesis:
+        raise WeightsError(f"{d / SYNTHESIS_FILE} is not a synthesis weights file (no lambdas)")
+    return synthesis["lambdas"]
 
 
 def _model(meta: dict[str, str], lambdas: torch.Tensor, d: Path) -> MeanScaleHyperprior:
@@ -268,7 +292,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     """
     d = Path(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
-    model = _model(meta, synthesis["lambdas"], d)
+    model = _model(meta, _lambdas(synthesis, d), d)
     extra = _extra_decoder_files(model)
     if "h_s_int.shift" not in synthesis:   # exports since session 18: the hyper-synthesis apart
         extra.insert(0, (HYPER_FILE, None))
@@ -281,7 +305,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
         damaged = " or ".join([SYNTHESIS_FILE, *(f for f, _ in extra)])
-        raise WeightsError(f"{d / damaged} is damaged (fingerprint mismatch)")
+        raise WeightsError(f"weights in {d}: {damaged} is damaged (fingerprint mismatch)")
     state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
         analysis, ameta = _read(d / ANALYSIS_FILE)
@@ -326,7 +350,7 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
     meta = metas[0]   # the shape the decoder reads, from synthesis.safetensors
     if any(m.get("fingerprint") != meta.get("fingerprint") for m in metas):
         raise WeightsError(f"{d} holds weights files of different exports")
-    model = _model(meta, state["lambdas"], d)
+    model = _model(meta, _lambdas(state, d), d)
     for fname, _ in _extra_decoder_files(model):
         state.update(_read(d / fname)[0])
     own = model.state_dict()

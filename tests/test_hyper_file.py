@@ -2,6 +2,7 @@
 more latent channels keeps every file under 16 MiB). It is under the fingerprint like the other
 decoder files, and exports from before it (the tensors inside ``synthesis.safetensors``) load
 with the same fingerprint."""
+import re
 import shutil
 
 import pytest
@@ -100,14 +101,14 @@ def test_an_export_that_cannot_be_written_says_why(export_dir, tmp_path, monkeyp
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / HYPER_FILE).mkdir()          # the rename onto it fails
-    with pytest.raises(WeightsError, match=f"cannot write {folder / HYPER_FILE}: Is a directory"):
+    with pytest.raises(WeightsError, match=re.escape(f"cannot write {folder / HYPER_FILE}: Is a directory")):
         weights.export(model, folder)
     from safetensors import SafetensorError
     def refuse(*args, **kwargs):
         raise SafetensorError('Error while serializing: I/O error: No space left on device '
                               '(os error 28) at path "x"')
     monkeypatch.setattr(weights, "save_file", refuse)
-    with pytest.raises(WeightsError, match=f"cannot write {tmp_path / 'new' / SYNTHESIS_FILE}: "
-                                           r"No space left on device \(os error 28\)$"):
+    with pytest.raises(WeightsError, match=re.escape(f"cannot write {tmp_path / 'new' / SYNTHESIS_FILE}: "
+                                                     "No space left on device (os error 28)") + "$"):
         weights.export(model, tmp_path / "new")
     assert not [p for p in (folder, tmp_path / "new") for f in p.iterdir() if f.suffix == ".tmp"]

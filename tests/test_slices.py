@@ -175,7 +175,7 @@ def test_export_writes_all_files_or_none(sliced_dir, tmp_path, monkeypatch):
         real_save(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(weights, "save_file", fail_on_context)
-    with pytest.raises(OSError):
+    with pytest.raises(weights.WeightsError, match="cannot write .*context.safetensors: No space left on device"):
         weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4), seed=9), folder)
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before   # no .tmp left either
     monkeypatch.setattr(weights, "save_file", real_save)

@@ -76,6 +76,34 @@ def assert_extends(old, new, levels=(1, 6)) -> None:
     assert torch.equal(a.x_hat, b.x_hat) and torch.equal(a.y_likelihoods, b.y_likelihoods)
 
 
+def assert_decoder_file_is_checked(good: Path, other: Path, fname: str, tensor: str, tmp_path: Path) -> None:
+    """The decoder file ``fname`` of the export ``good`` is under its fingerprint: in a copy of
+    ``good``, the file of the export ``other`` is refused as another export's, the file with
+    ``tensor`` changed (and no checksum of its own, as exports before session 15) as damaged,
+    and no file at all as not found."""
+    import re
+    import shutil
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from vaecodec.weights import WeightsError, load
+    mixed, damaged = tmp_path / "mixed", tmp_path / "damaged"
+    for copy in (mixed, damaged):
+        shutil.copytree(good, copy)
+    shutil.copy(other / fname, mixed / fname)
+    with pytest.raises(WeightsError, match=f"{fname.split('.')[0]} and synthesis weights of different exports"):
+        load(mixed)
+    with safe_open(str(damaged / fname), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}   # only the fingerprint left
+    tensors = load_file(str(damaged / fname))
+    tensors[tensor] = tensors[tensor] + 1
+    save_file(tensors, str(damaged / fname), metadata=meta)
+    with pytest.raises(WeightsError, match=re.escape(fname) + r".* is damaged \(fingerprint mismatch\)"):
+        load(damaged)
+    (damaged / fname).unlink()
+    with pytest.raises(WeightsError, match="not found"):
+        load(damaged)
+
+
 def tile_streams(data: bytes) -> dict:
     """The entropy-coded streams of a single-tile ``.vae`` file."""
     from vaecodec import bitstream, codec

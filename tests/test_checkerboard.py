@@ -5,7 +5,6 @@ reproducible at decode time.
 A small model (N=16, M=24, 4 slices, checkerboard) with random, non-zero context networks is
 exported and loaded like the shipped weights, whatever the shipped weights hold.
 """
-import shutil
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ import torch
 from vaecodec import codec, weights
 from vaecodec.model import MeanScaleHyperprior, anchor_mask
 from vaecodec.train import TrainConfig, TrainingError, check_architecture
-from vaecodec.weights import SPATIAL_FILE, WeightsError
-from conftest import assert_exact_in_float64, assert_extends, photo_crop, randomised, tile_streams
+from vaecodec.weights import SPATIAL_FILE
+from conftest import assert_decoder_file_is_checked, assert_exact_in_float64, assert_extends, photo_crop, randomised, tile_streams
 
 
 
@@ -128,27 +127,9 @@ def test_init_may_add_the_checkerboard_not_remove_it():
 def test_spatial_file_belongs_to_its_export(board_dir, tmp_path):
     """The decoder half of spatial.safetensors is under the fingerprint: another export's file
     or a changed integer weight is refused; an export without checkerboard removes a stale one."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
     other = tmp_path / "other"
     torch.manual_seed(5)
     weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True), seed=5), other)
-    mixed = tmp_path / "mixed"
-    shutil.copytree(board_dir, mixed)
-    shutil.copy(other / SPATIAL_FILE, mixed / SPATIAL_FILE)
-    with pytest.raises(WeightsError, match="spatial and synthesis weights of different exports"):
-        weights.load(mixed)
-    damaged = tmp_path / "damaged"
-    shutil.copytree(board_dir, damaged)
-    with safe_open(str(damaged / SPATIAL_FILE), "pt") as f:
-        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}   # only the fingerprint left
-    tensors = load_file(str(damaged / SPATIAL_FILE))
-    tensors["spatial_int.2.layer1.bias"] = tensors["spatial_int.2.layer1.bias"] + 1
-    save_file(tensors, str(damaged / SPATIAL_FILE), metadata=meta)
-    with pytest.raises(WeightsError, match=r"spatial.safetensors is damaged \(fingerprint"):
-        weights.load(damaged)
-    (damaged / SPATIAL_FILE).unlink()
-    with pytest.raises(WeightsError, match="not found"):
-        weights.load(damaged)
+    assert_decoder_file_is_checked(board_dir, other, SPATIAL_FILE, "spatial_int.2.layer1.bias", tmp_path)
     weights.export(MeanScaleHyperprior(16, 24, slices=4), other)
     assert not (other / SPATIAL_FILE).exists() and not weights.load(other).checkerboard

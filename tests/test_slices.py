@@ -12,7 +12,7 @@ import torch
 from vaecodec import codec, weights
 from vaecodec.model import MeanScaleHyperprior
 from vaecodec.train import TrainConfig, load_state
-from conftest import assert_exact_in_float64, photo_crop, randomised, tile_streams
+from conftest import assert_decoder_file_is_checked, assert_exact_in_float64, photo_crop, randomised, tile_streams
 
 
 
@@ -133,31 +133,11 @@ def test_slices_must_divide_the_latent_channels():
 def test_context_file_belongs_to_its_export(sliced_dir, tmp_path):
     """The decoder half of context.safetensors is covered by the fingerprint: a context file
     of another export, or a changed LRP weight, is refused; a plain export removes a stale one."""
-    import shutil
-    from safetensors.torch import load_file, save_file
-    from vaecodec.weights import CONTEXT_FILE, WeightsError
+    from vaecodec.weights import CONTEXT_FILE
     other = tmp_path / "other"
     torch.manual_seed(5)
     weights.export(randomised(MeanScaleHyperprior(16, 24, slices=4), seed=5), other)
-    mixed = tmp_path / "mixed"
-    shutil.copytree(sliced_dir, mixed)
-    shutil.copy(other / CONTEXT_FILE, mixed / CONTEXT_FILE)
-    with pytest.raises(WeightsError, match="different exports"):
-        weights.load(mixed)
-    damaged = tmp_path / "damaged"
-    shutil.copytree(sliced_dir, damaged)
-    from safetensors import safe_open
-    with safe_open(str(damaged / CONTEXT_FILE), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(damaged / CONTEXT_FILE))
-    tensors["lrp.0.4.bias"] = tensors["lrp.0.4.bias"] + 1
-    # without the file's own checksum (exports before session 15) the fingerprint catches it
-    save_file(tensors, str(damaged / CONTEXT_FILE), metadata={k: v for k, v in meta.items() if k != "sha256"})
-    with pytest.raises(WeightsError, match=r"context.safetensors is damaged \(fingerprint"):
-        weights.load(damaged)
-    (damaged / CONTEXT_FILE).unlink()
-    with pytest.raises(WeightsError, match="not found"):
-        weights.load(damaged)
+    assert_decoder_file_is_checked(sliced_dir, other, CONTEXT_FILE, "lrp.0.4.bias", tmp_path)
     weights.export(MeanScaleHyperprior(16, 24, slices=1), other)
     assert not (other / CONTEXT_FILE).exists() and weights.load(other).slices == 1
 

@@ -100,19 +100,20 @@ def main():
 
 
 @contextlib.contextmanager
-def _progress(total: int, desc: str):
-    """Yields the update function of a tqdm bar for multi-tile images on a terminal (no bar for a
-    single tile or when stderr is not a terminal). The bar is removed when the block ends, also
-    on an error, so the ``Error: ...`` line is not glued to it."""
+def _progress(total: int, desc: str, unit: str = "tile"):
+    """Yields the update function of a tqdm bar for work of several ``unit`` (tiles, refinement
+    steps) on a terminal (no bar for a single unit or when stderr is not a terminal). The bar is
+    removed when the block ends, also on an error, so the ``Error: ...`` line is not glued to it."""
     if total <= 1:
         yield lambda n: None
         return
     from tqdm import tqdm
-    with tqdm(total=total, desc=desc, unit="tile", leave=False, file=sys.stderr,
+    with tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
               disable=None) as bar:
         yield bar.update
 
 
+MAX_REFINE = 1000   # = codec.MAX_REFINE; the CLI imports codec (and torch) only when it runs
 STDIO = "-"   # INPUT "-" is standard input, OUTPUT "-" standard output
 MAX_STDIN_IMAGE_BYTES = 1 << 30
 
@@ -281,10 +282,17 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
 @click.option("-q", "--quality", type=_FiniteFloatRange(1, 8), default=4.0, show_default=True,
               help="1 (smallest file) to 8 (best quality), in steps of 0.001; "
                    "fractions interpolate between the trained levels.")
+@click.option("--refine", type=click.IntRange(0, MAX_REFINE), default=0, show_default=True,
+              metavar="STEPS",
+              help="Search for better latents before coding (encoder-side refinement, Yang et "
+                   "al. 2020): 30 steps make files about 8 % smaller at the same PSNR (Kodak) "
+                   "and take 2-3 s per step per megapixel on two cores (about 2 GB of memory "
+                   "for a large image). Decoding is unchanged.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")
-def compress(input: Path, output: Path, quality: float, force: bool, weights: Path | None):
+def compress(input: Path, output: Path, quality: float, refine: int, force: bool,
+             weights: Path | None):
     """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file.
 
     INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
@@ -305,11 +313,11 @@ def compress(input: Path, output: Path, quality: float, force: bool, weights: Pa
         sections.append(bitstream.Section(1, meta.icc_profile))
     if meta.alpha is not None:
         sections.append(bitstream.Section(2, meta.alpha))
-    model = codec.get_model(str(weights) if weights else None)
-    with _progress(codec.tile_count(h, w), "compress") as update:
+    model = codec.get_model(str(weights) if weights else None, refine=bool(refine))
+    with _progress(codec.work_units(h, w, refine), "compress", "step" if refine else "tile") as update:
         start = time.perf_counter()
         data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
-                                    model=model, progress=update)
+                                    model=model, progress=update, refine=refine)
         seconds = time.perf_counter() - start
     if stdout:
         _write_stdout(data)

@@ -27,6 +27,7 @@ from .model import STRIDE
 
 TILE = 1024
 OVERLAP = 64
+MAX_REFINE = 1000   # refinement steps per tile
 
 
 class CodecError(ValueError):
@@ -34,10 +35,10 @@ class CodecError(ValueError):
 
 
 @functools.lru_cache(maxsize=4)
-def get_model(weights_dir: str | None = None, encoder: bool = True):
+def get_model(weights_dir: str | None = None, encoder: bool = True, refine: bool = False):
     """Load (once per process) the exported model, see :func:`vaecodec.weights.load`."""
     from . import weights
-    return weights.load(weights_dir, encoder=encoder)
+    return weights.load(weights_dir, encoder=encoder, refine=refine)
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -117,14 +118,23 @@ def tile_count(height: int, width: int) -> int:
     return len(tile_grid(height, width, *_geometry(height, width)))
 
 
+def work_units(height: int, width: int, refine: int = 0) -> int:
+    """How often :func:`compress_array` calls ``progress(1)`` for an ``height x width`` image:
+    per tile, each refinement step and the coding."""
+    return tile_count(height, width) * (refine + 1)
+
+
 def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
-                   sections: tuple = (), model=None, progress=None) -> bytes:
+                   sections: tuple = (), model=None, progress=None, refine: int = 0) -> bytes:
     """Code an ``(H, W, 3)`` uint8 RGB array into ``.vae`` bytes.
 
     ``quality`` in ``[1, 8]`` (fractional allowed, stored in thousandths); ``mode`` is the mode
     to restore on decode ("RGB", "L", "RGBA", "LA"); ``sections`` are :class:`bitstream.Section`
-    side data. ``progress(n)`` is called after each tile. Raises :class:`CodecError` (also
-    for a size a ``.vae`` file cannot hold, see :func:`check_size`, before any coding).
+    side data. ``refine``: steps of encoder-side latent refinement per tile
+    (:mod:`vaecodec.refine`; the model must be loaded with ``refine=True``), 0 for none.
+    ``progress(n)`` is called after each refinement step and each coded tile,
+    :func:`work_units` times in all. Raises :class:`CodecError` (also for a size a ``.vae``
+    file cannot hold, see :func:`check_size`, before any coding).
     """
     if not isinstance(rgb, np.ndarray):
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {type(rgb).__name__}")
@@ -136,16 +146,22 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     quality_milli = round(float(quality) * 1000)
     if not 1000 <= quality_milli <= 8000:
         raise CodecError(f"quality must be between 1 and 8, got {quality}")
+    if isinstance(refine, bool) or not isinstance(refine, numbers.Integral) \
+            or not 0 <= refine <= MAX_REFINE:
+        raise CodecError(f"refine must be a whole number of steps from 0 to {MAX_REFINE}, got {refine!r}")
     height, width = rgb.shape[:2]
     check_size(height, width)
     _check_mode(mode, sections, height, width)
-    model = model or get_model()
+    model = model or get_model(refine=bool(refine))
+    if refine and not getattr(model, "float_entropy_model", True):
+        raise CodecError("refinement needs the float entropy model: load the weights with refine=True")
     tile, overlap = _geometry(height, width)
     tiles = []
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
-        s = model.compress(x, quality_milli / 1000)
+        step = (lambda: progress(1)) if progress else None
+        s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
         if progress:
@@ -235,11 +251,13 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     return Decoded(rgb, hd, container.sections)
 
 
-def encode(image, quality: float = 4.0, weights_dir: str | None = None) -> bytes:
-    """PIL image (RGB or L) -> ``.vae`` bytes at ``quality`` (1-8). Convenience for benchmarks."""
+def encode(image, quality: float = 4.0, weights_dir: str | None = None, refine: int = 0) -> bytes:
+    """PIL image (RGB or L) -> ``.vae`` bytes at ``quality`` (1-8) after ``refine`` steps of
+    latent refinement (0: none). Convenience for benchmarks."""
     mode = "L" if image.mode == "L" else "RGB"
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return compress_array(rgb, quality, mode=mode, model=get_model(weights_dir))
+    return compress_array(rgb, quality, mode=mode, model=get_model(weights_dir, refine=bool(refine)),
+                          refine=refine)
 
 
 def decode(data: bytes, weights_dir: str | None = None):

@@ -83,6 +83,18 @@ def _corrected_non_anchors(mean, log_scale, d_mean, d_log_scale) -> tuple[torch.
     return torch.where(keep, mean, mean + d_mean), torch.where(keep, log_scale, log_scale + d_log_scale)
 
 
+def _mixed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training quantisation of ``v = y - mean``: noisy for the rate, rounded (straight
+    through) for the synthesis."""
+    return add_uniform_noise(v), ste_round(v)
+
+
+def _rounded(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coding-time quantisation of ``v = y - mean``: rounded for both."""
+    r = torch.round(v)
+    return r, r
+
+
 @dataclass
 class ForwardOutput:
     """Training forward pass: reconstruction ``(B,3,H,W)`` and likelihoods of ``y`` and ``z``."""
@@ -168,6 +180,18 @@ class MeanScaleHyperprior(nn.Module):
         log_ig = (1 - t) * self.log_inv_gain[lo - 1] + t * self.log_inv_gain[lo]
         return torch.exp(log_g), torch.exp(log_ig)
 
+    def lmbda(self, quality: float) -> float:
+        """λ (MSE on 0..255 values) of ``quality`` in ``[1, num_qualities]``: the ladder's value at
+        integer qualities, geometric interpolation in between (as :meth:`gains` interpolates).
+        Raises ``ValueError`` outside the range."""
+        q = float(quality)
+        if not 1 <= q <= self.num_qualities:
+            raise ValueError(f"quality must be between 1 and {self.num_qualities}, got {quality}")
+        lo = min(int(math.floor(q)), self.num_qualities - 1)
+        t = q - lo
+        a, b = float(self.lambdas[lo - 1]), float(self.lambdas[lo])
+        return math.exp((1 - t) * math.log(a) + t * math.log(b))
+
     def slice_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
                          decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale of slice ``i`` of ``y`` (each ``(B, M/slices, h, w)``), float path.
@@ -199,32 +223,40 @@ class MeanScaleHyperprior(nn.Module):
         inputs = torch.cat([mean, *decoded], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
         return 0.5 * torch.tanh(self.lrp[i](inputs).float())
 
-    def latents(self, y: torch.Tensor, hyper: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def latents(self, y: torch.Tensor, hyper: torch.Tensor, noisy: bool = False,
+                quantize=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantise ``y`` ``(B, M, h, w)`` slice by slice under the hyperprior's parameters
         ``hyper`` (``h_s`` output, ``(B, 2M, h, w)``: means then log-scales).
 
         Returns the synthesis input (``y_hat`` plus latent residual prediction) and the
         likelihoods of ``y`` (``(B, M, h, w)`` each). ``noisy``: training (likelihoods of
         ``y`` plus uniform noise, straight-through rounding, Minnen & Singh 2020's mixed
-        quantisation); otherwise deterministic rounding, as the coder sees it.
+        quantisation); otherwise deterministic rounding, as the coder sees it. ``quantize``,
+        if given, replaces both: a function of ``v = y - mean`` returning the value whose
+        likelihood counts and the value the synthesis sees (as ``value + mean``), e.g. the
+        soft rounding of :mod:`vaecodec.refine`.
         """
+        custom = quantize is not None
+        if not custom:
+            quantize = _mixed if noisy else _rounded
         mean_h, log_scale_h = hyper.float().chunk(2, 1)
         y = y.float()
         decoded, refined, likelihoods = [], [], []
         for i, (y_i, m_h, l_h) in enumerate(zip(y.chunk(self.slices, 1), mean_h.chunk(self.slices, 1),
                                                  log_scale_h.chunk(self.slices, 1))):
             mean, log_scale = self.slice_parameters(i, m_h, l_h, decoded)
-            if self.checkerboard:   # anchors first: their y_hat is the same under the corrections
-                anchors = (ste_round(y_i - mean) if noisy else torch.round(y_i - mean)) + mean
-                anchors = anchors * anchor_mask(*y_i.shape[2:], y_i.device)
-                mean, log_scale = self.spatial_parameters(i, mean, log_scale, anchors)
+            if self.checkerboard:   # anchors first: their mean is the same under the corrections
+                anchor = anchor_mask(*y_i.shape[2:], y_i.device)
+                # the built-in roundings of the anchors come out the same again below (and
+                # draw no noise here); a custom quantiser's draw is kept for the anchors
+                counted_a, seen_a = quantize(y_i - mean) if custom else (None, ste_round(y_i - mean))
+                mean, log_scale = self.spatial_parameters(i, mean, log_scale, (seen_a + mean) * anchor)
+            counted, seen = quantize(y_i - mean)
+            if self.checkerboard and custom:
+                counted, seen = torch.where(anchor, counted_a, counted), torch.where(anchor, seen_a, seen)
             scale = lower_bound(torch.exp(log_scale.clamp(max=6.0)), SCALE_MIN)
-            if noisy:
-                likelihoods.append(gaussian_likelihood(add_uniform_noise(y_i) - mean, scale))
-                y_hat = ste_round(y_i - mean) + mean
-            else:
-                y_hat = torch.round(y_i - mean) + mean
-                likelihoods.append(gaussian_likelihood(y_hat - mean, scale))
+            likelihoods.append(gaussian_likelihood(counted, scale))
+            y_hat = seen + mean
             decoded.append(y_hat)
             refined.append(y_hat + self.residual(i, m_h, decoded))
         return torch.cat(refined, 1), torch.cat(likelihoods, 1)
@@ -281,21 +313,28 @@ class MeanScaleHyperprior(nn.Module):
         anchor = anchor_mask(*shape[2:]).expand(shape)
         return [anchor, ~anchor]
 
-    @torch.no_grad()
-    def compress(self, x: torch.Tensor, quality: float) -> dict:
+    def compress(self, x: torch.Tensor, quality: float, refine: int = 0, progress=None) -> dict:
         """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> coded streams.
 
         Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
         and coded with the per-channel tables; ``y`` slice by slice (with ``checkerboard``, each
         slice's anchors, then its other half) as ``round(y - mean)`` with the table of its
         snapped scale, both from :meth:`exact_slice_parameters` and
-        :meth:`exact_spatial_parameters`.
+        :meth:`exact_spatial_parameters`. ``refine``: steps of encoder-side latent refinement
+        (:func:`vaecodec.refine.refine_latents`, needs the float entropy model), each followed
+        by a call of ``progress()``; 0 codes the analysis transform's latents.
         """
+        from .refine import refine_latents
+        y, z = refine_latents(self, x, quality, refine, progress=progress)
+        return self._code(y, z)
+
+    @torch.no_grad()
+    def _code(self, y: torch.Tensor, z: torch.Tensor) -> dict:
+        """Entropy-code gained latents ``y`` ``(1, M, h, w)`` and ``z`` ``(1, N, h/4, w/4)``
+        (rounded here) into the stream dict of :meth:`compress`."""
         from .entropy import IndexedEncoder, encode_indexed
         from .integer import Z_MAX
-        gain, _ = self.gains(quality)
-        y = self.g_a(x) * gain[:, None, None]
-        z_hat = torch.round(self.h_a(y)).clamp(-Z_MAX, Z_MAX)
+        z_hat = torch.round(z).clamp(-Z_MAX, Z_MAX)
         channel = torch.arange(z_hat.shape[1])[None, :, None, None].expand_as(z_hat)
         z_stream, z_esc = encode_indexed(z_hat.long().numpy(), channel.numpy(), self.coding.z_tables)
         mean_h, log_scale_h = self.coding.h_s.parameters(z_hat)

@@ -56,6 +56,8 @@ MAX_FILE_BYTES = 16 * 2**20
 # float parameters the decoder needs besides the exact integer networks and tables
 SYNTHESIS_PREFIXES = ("g_s.", "log_gain", "log_inv_gain", "lambdas")   # in synthesis.safetensors
 DECODER_PREFIXES = SYNTHESIS_PREFIXES + ("lrp.",)                     # lrp.*: context.safetensors
+# the float entropy model that encoder-side refinement (vaecodec.refine) differentiates
+REFINE_PREFIXES = ("h_s.", "prior.", "context.", "spatial.")
 
 
 class WeightsError(RuntimeError):
@@ -283,10 +285,14 @@ def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
     return [(f, prefix) for f, prefix in EXTRA_DECODER_FILES if needed[f]]
 
 
-def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanScaleHyperprior:
+def load(weights_dir: str | Path | None = None, encoder: bool = True,
+         refine: bool = False) -> MeanScaleHyperprior:
     """Load an exported model ready for :meth:`MeanScaleHyperprior.compress`/``decompress``.
 
     ``encoder=False`` skips the analysis file (decoding needs only the synthesis file).
+    ``refine=True`` (with ``encoder``) also loads the float entropy model that encoder-side
+    refinement differentiates (:mod:`vaecodec.refine`): the float hyper-synthesis and prior
+    from the training file, the float context networks from the decoder files.
     The returned model has ``.coding`` (:class:`CodingModels`) and ``.steps`` set.
     Raises :class:`WeightsError` when files are missing or inconsistent.
     """
@@ -294,6 +300,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
     synthesis, meta = _read(d / SYNTHESIS_FILE)
     model = _model(meta, _lambdas(synthesis, d), d)
     extra = _extra_decoder_files(model)
+    floats = {}   # the decoder files' float halves, kept for refine
     if "h_s_int.shift" not in synthesis:   # exports since session 18: the hyper-synthesis apart
         extra.insert(0, (HYPER_FILE, None))
     for fname, training_only in extra:   # decoder halves; the float halves are for training
@@ -302,6 +309,8 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
             raise WeightsError(f"{d} holds {fname.split('.')[0]} and synthesis weights of different exports")
         synthesis = {**synthesis, **{k: v for k, v in tensors.items()
                                      if not (training_only and k.startswith(training_only))}}
+        if training_only:
+            floats.update((k, v) for k, v in tensors.items() if k.startswith(training_only))
     fp = fingerprint(synthesis)
     if fp.hex() != meta.get("fingerprint"):
         damaged = " or ".join([SYNTHESIS_FILE, *(f for f, _ in extra)])
@@ -312,8 +321,15 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
         if ameta.get("fingerprint") != meta["fingerprint"]:
             raise WeightsError(f"{d} holds analysis and synthesis weights of different exports")
         state.update(analysis)
-    missing = [k for k in _load_state(model, state, d).missing_keys
-               if k.startswith(DECODER_PREFIXES) or (encoder and k.startswith(("g_a.", "h_a.")))]
+    if encoder and refine:
+        training, tmeta = _read(d / TRAINING_FILE)
+        if tmeta.get("fingerprint") != meta["fingerprint"]:
+            raise WeightsError(f"{d} holds training and synthesis weights of different exports")
+        state.update(floats)
+        state.update(training)
+    needed = DECODER_PREFIXES + (("g_a.", "h_a.") if encoder else ()) \
+        + (REFINE_PREFIXES if encoder and refine else ())
+    missing = [k for k in _load_state(model, state, d).missing_keys if k.startswith(needed)]
     if missing:
         raise WeightsError(f"weights in {d} are incomplete (missing {missing[0]})")
 
@@ -333,6 +349,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True) -> MeanSca
 
     model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial)
     model.steps = _steps(meta, d)
+    model.float_entropy_model = encoder and refine   # what vaecodec.refine differentiates
     return model.eval()
 
 

@@ -1,0 +1,151 @@
+"""Encoder-side latent refinement (vaecodec.refine): smaller RD cost, same decoder, clear errors."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import ROOT, photo_crop
+from vaecodec import benchmark, cli, codec, refine, weights
+from vaecodec.metrics import mse_rgb
+
+
+@pytest.fixture(scope="module")
+def refining_model():
+    return codec.get_model(refine=True)
+
+
+def test_sga_round_lies_between_floor_and_ceiling_and_anneals_to_rounding():
+    v = torch.linspace(-3.2, 3.2, 1001, requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    soft = refine.sga_round(v, 0.5, gen)
+    assert torch.all(soft >= torch.floor(v)) and torch.all(soft <= torch.floor(v) + 1)
+    assert not torch.equal(soft, torch.round(v))   # warm: a soft draw, not rounding
+    soft.sum().backward()
+    assert v.grad.abs().sum() > 0                  # differentiable in v
+    cold = refine.sga_round(v.detach(), 1e-3, gen)
+    away_from_half = (v.detach() - torch.floor(v.detach()) - 0.5).abs() > 0.05
+    assert torch.allclose(cold[away_from_half], torch.round(v.detach())[away_from_half], atol=1e-6)
+    assert refine.temperature(0, 30) == refine.TAU_START
+    assert refine.temperature(29, 30) == pytest.approx(refine.TAU_END)
+
+
+def test_model_lmbda_follows_the_ladder_and_interpolates_geometrically(model):
+    ladder = [float(v) for v in model.lambdas]
+    assert model.lmbda(1) == pytest.approx(ladder[0]) and model.lmbda(8) == pytest.approx(ladder[7])
+    assert model.lmbda(3.5) == pytest.approx((ladder[2] * ladder[3]) ** 0.5)
+    with pytest.raises(ValueError):
+        model.lmbda(8.5)
+
+
+def _cost(rgb, data, lmbda):
+    """Real rate-distortion cost of a file: bpp from its size + λ·MSE (0..255 values)."""
+    decoded = codec.decompress_array(data, model=codec.get_model(encoder=False)).rgb
+    return 8 * len(data) / (rgb.shape[0] * rgb.shape[1]) + lmbda * mse_rgb(rgb, decoded)
+
+
+def test_refinement_lowers_the_real_rate_distortion_cost(refining_model):
+    rgb = photo_crop(128, 192, seed=40)
+    for quality in (2.0, 6.0):
+        plain = codec.compress_array(rgb, quality, model=refining_model)
+        refined = codec.compress_array(rgb, quality, model=refining_model, refine=30)
+        lmbda = refining_model.lmbda(quality)
+        # measured on files: bits from the file size, distortion from the decoded pixels
+        assert _cost(rgb, refined, lmbda) < 0.985 * _cost(rgb, plain, lmbda)   # measured 0.97
+
+
+def test_refined_file_is_an_ordinary_file_reproducible_and_counted_in_progress(refining_model):
+    rgb = photo_crop(64, 128, seed=3)
+    calls = []
+    a = codec.compress_array(rgb, 4.0, model=refining_model, refine=4, progress=calls.append)
+    assert len(calls) == codec.work_units(64, 128, refine=4) == 5
+    b = codec.compress_array(rgb, 4.0, model=refining_model, refine=4)
+    assert a == b                                          # seeded: the same bytes again
+    assert a != codec.compress_array(rgb, 4.0, model=refining_model)   # refinement changed them
+    # the plain decoder reads it, bit-exact on every decode
+    decoder = codec.get_model(encoder=False)
+    first = codec.decompress_array(a, model=decoder).rgb
+    assert first.shape == rgb.shape
+    assert np.array_equal(first, codec.decompress_array(a, model=decoder).rgb)
+    # refine=0 is exactly the plain encoder
+    assert codec.compress_array(rgb, 4.0, model=refining_model, refine=0) == \
+        codec.compress_array(rgb, 4.0, model=codec.get_model())
+
+
+def test_refinement_leaves_the_model_untouched(refining_model):
+    before = {k: v.clone() for k, v in refining_model.state_dict().items()}
+    flags = [p.requires_grad for p in refining_model.parameters()]
+    codec.compress_array(photo_crop(64, 64), 3.0, model=refining_model, refine=2)
+    assert all(torch.equal(before[k], v) for k, v in refining_model.state_dict().items())
+    assert [p.requires_grad for p in refining_model.parameters()] == flags
+
+
+def test_refine_needs_the_float_entropy_model_and_a_valid_step_count():
+    rgb = photo_crop(64, 64)
+    with pytest.raises(codec.CodecError, match="float entropy model"):
+        codec.compress_array(rgb, 4.0, model=codec.get_model(), refine=3)
+    for bad in (-1, codec.MAX_REFINE + 1, 2.5, True, "3"):
+        with pytest.raises(codec.CodecError, match="refine must be"):
+            codec.compress_array(rgb, 4.0, model=codec.get_model(), refine=bad)
+    assert cli.MAX_REFINE == codec.MAX_REFINE
+    with pytest.raises(ValueError, match="float entropy model"):   # the model-level call too
+        refine.refine_latents(codec.get_model(), torch.rand(1, 3, 64, 64), 4.0, steps=2)
+
+
+def test_load_for_refinement_needs_the_training_file_of_the_same_export(tmp_path):
+    d = tmp_path / "w"
+    shutil.copytree(ROOT / "weights", d)
+    (d / weights.TRAINING_FILE).unlink()
+    weights.load(d)                               # plain encoding does not need it
+    with pytest.raises(weights.WeightsError, match="not found"):
+        weights.load(d, refine=True)
+    # a training file of another export is refused
+    src = weights.load_float_model(ROOT / "weights")[0]
+    other = tmp_path / "other"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        src.g_s[0].weight.add_(0.01 * torch.randn_like(src.g_s[0].weight))   # a different decoder
+    weights.export(src, other)
+    shutil.copy(other / weights.TRAINING_FILE, d / weights.TRAINING_FILE)
+    with pytest.raises(weights.WeightsError, match="different exports"):
+        weights.load(d, refine=True)
+
+
+def test_cli_compress_refine(tmp_path, photo_path):
+    from PIL import Image
+    src = tmp_path / "small.png"
+    Image.open(photo_path).convert("RGB").crop((0, 0, 96, 64)).save(src)
+    runner = CliRunner()
+    plain = runner.invoke(cli.main, ["compress", str(src), str(tmp_path / "a.vae")])
+    refined = runner.invoke(cli.main, ["compress", "--refine", "5", str(src), str(tmp_path / "b.vae")])
+    assert plain.exit_code == 0 and refined.exit_code == 0, refined.output
+    assert (tmp_path / "a.vae").read_bytes() != (tmp_path / "b.vae").read_bytes()
+    out = runner.invoke(cli.main, ["decompress", str(tmp_path / "b.vae"), str(tmp_path / "b.png")])
+    assert out.exit_code == 0 and Image.open(tmp_path / "b.png").size == (96, 64)
+    for bad in ("-1", "1001", "x"):
+        res = runner.invoke(cli.main, ["compress", "--refine", bad, str(src), str(tmp_path / "c.vae")])
+        assert res.exit_code == 2 and "--refine" in res.output and not (tmp_path / "c.vae").exists()
+
+
+def test_benchmark_measures_refined_vaecodec_head_to_head(tmp_path, monkeypatch):
+    from PIL import Image
+    from skimage import data
+    d = tmp_path / "tiny"
+    d.mkdir()
+    Image.fromarray(data.astronaut()[100:196, 40:168]).save(d / "a.png")
+    monkeypatch.setattr(benchmark, "REFINE_STEPS", 3)   # keep the test short
+    assert benchmark.parse_codecs("vaecodec-refine") == ["vaecodec-refine"]
+    assert "vaecodec-refine" not in benchmark.DEFAULT_CODECS
+    res = benchmark.run_benchmark(d, ["vaecodec", "vaecodec-refine", "jpeg"], tmp_path / "o",
+                                  progress=False)
+    assert res["errors"] == []
+    curves = {e["codec"]: e["results"] for e in res["results"]}
+    assert curves["vaecodec-refine"]["bpp"] != curves["vaecodec"]["bpp"]
+    h2h = res["head_to_head_refined"]
+    assert set(h2h) == {"vaecodec", "jpeg"}
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "## vaecodec --refine 30 head to head" in report
+    assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report

@@ -33,7 +33,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 benchmark: install
-	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak
+	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak --jobs 2 \
+	    --codecs vaecodec,vaecodec-refine,jpeg,webp,avif,jpegxl,jpeg2000
 
 # ship a training checkpoint: export (fresh entropy tables) and regenerate the conformance files
 CHECKPOINT ?= runs/main/checkpoint.safetensors

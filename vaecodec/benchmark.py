@@ -14,6 +14,8 @@ jpeg2000   Pillow's OpenJPEG, irreversible 9/7 wavelet with the colour transform
            one layer at a fixed compression ratio 240..8 (about 0.1..3 bpp), raw ``.j2k``
 heic       ``pillow-heif`` (libheif, x265), 4:2:0, quality 10..90 — not in the default list
 vaecodec   :func:`vaecodec.codec.encode` / :func:`vaecodec.codec.decode`, quality 1..8
+vaecodec-  the same with 30 steps of encoder-side latent refinement (:mod:`vaecodec.refine`):
+refine     same decoder, about 30× slower encoding — not in the default list
 ========== ================================================================================
 
 A codec whose library is missing (or, for vaecodec, whose module or weights are missing) is
@@ -32,8 +34,8 @@ Outputs in the output directory:
   ``{"name", "description", "codec", "qualities", "results": {"bpp", "psnr-rgb", "ms-ssim-rgb",
   "encoding_time", "decoding_time"}}``, points ordered by increasing bpp;
 - ``per-image.json`` and ``per-image.csv``: every (image, codec, quality) measurement;
-- ``report.md``: BD tables (against JPEG, and vaecodec head to head), PSNR at fixed rates,
-  per-quality tables;
+- ``report.md``: BD tables (against JPEG, and vaecodec and vaecodec-refine head to head),
+  PSNR at fixed rates, per-quality tables;
 - ``rd-psnr.png`` and ``rd-msssim.png``: the rate-distortion curves.
 
 Command line: ``vaecodec benchmark`` (:data:`benchmark_command`) or ``python benchmarks/rd.py``.
@@ -65,6 +67,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CODECS = ("vaecodec", "jpeg", "webp", "avif", "jpegxl", "jpeg2000")
 ANCHOR = "jpeg"  # BD metrics are relative to this codec
 SUBJECT = "vaecodec"  # and the head-to-head table compares this one with each other codec
+REFINED = "vaecodec-refine"   # vaecodec --refine REFINE_STEPS, compared head to head as well
+REFINE_STEPS = 30
 BPP_TARGETS = (0.25, 0.5, 1.0)  # rates (bpp) at which the report reads each curve's PSNR
 IMAGE_SUFFIXES = {".png", ".ppm", ".pnm", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp"}
 # scikit-image's bundled colour photographs, used when no dataset directory is available
@@ -382,8 +386,20 @@ class VaeCodec(Codec):
         return codec.decode(data).convert("RGB")
 
 
+class VaeCodecRefined(VaeCodec):
+    """vaecodec with encoder-side latent refinement (:mod:`vaecodec.refine`): same decoder and
+    files, slower encoding. Not in the default list (it encodes about 30× slower)."""
+    name, label = "vaecodec-refine", f"vaecodec --refine {REFINE_STEPS}"
+    settings = f"quality 1..8, {REFINE_STEPS} steps of latent refinement (SGA)"
+
+    def encode(self, image: Image.Image, quality) -> bytes:
+        self.load()
+        from . import codec
+        return codec.encode(image, quality=float(quality), refine=REFINE_STEPS)
+
+
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (
-    VaeCodec, JpegCodec, WebPCodec, AvifCodec, JpegXLCodec, Jpeg2000Codec, HeicCodec)}
+    VaeCodec, VaeCodecRefined, JpegCodec, WebPCodec, AvifCodec, JpegXLCodec, Jpeg2000Codec, HeicCodec)}
 ALIASES = {"jpg": "jpeg", "jxl": "jpegxl", "j2k": "jpeg2000", "jp2": "jpeg2000",
            "heif": "heic", "vae": "vaecodec"}
 
@@ -597,7 +613,8 @@ def summarize(entries: list[dict[str, Any]], anchor: str = ANCHOR) -> dict[str, 
         rr = ref["results"]
         bd[e["codec"]] = _bd(rr, r)
     return {"anchor": anchor if ref is not None else None, "bd": bd, "psnr_at_bpp": at,
-            "head_to_head": head_to_head(entries)}
+            "head_to_head": head_to_head(entries),
+            "head_to_head_refined": head_to_head(entries, REFINED)}
 
 
 def head_to_head(entries: list[dict[str, Any]], subject: str = SUBJECT) -> dict[str, dict]:
@@ -731,8 +748,10 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
         lines.append("")
     else:
         lines += [f"_No BD tables: the anchor codec ({ANCHOR}) was not run._", ""]
-    if summary.get("head_to_head"):
-        subject = next(e["name"] for e in entries if e["codec"] == SUBJECT)
+    for key, codec in (("head_to_head", SUBJECT), ("head_to_head_refined", REFINED)):
+        if not summary.get(key):
+            continue
+        subject = next(e["name"] for e in entries if e["codec"] == codec)
         lines += [f"## {subject} head to head", "",
                   f"Bjøntegaard deltas of {subject} against each codec directly, over the rates "
                   f"the two curves share (negative BD-rate = {subject} needs fewer bits). The "
@@ -741,7 +760,7 @@ def write_report(path: Path, meta: dict[str, Any], entries: list[dict[str, Any]]
                   f"| {subject} vs | BD-rate PSNR [%] | BD-PSNR [dB] | BD-rate MS-SSIM [%] |",
                   "| --- | ---: | ---: | ---: |"]
         for e in entries:
-            b = summary["head_to_head"].get(e["codec"])
+            b = summary[key].get(e["codec"])
             if b is not None:
                 lines.append(f"| {e['name']} | {_fmt(b['bd_rate_psnr_pct'], 1, True)} | "
                              f"{_fmt(b['bd_psnr_db'], 2, True)} | "
@@ -954,6 +973,7 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
         "bd": summary["bd"],
         "psnr_at_bpp": summary["psnr_at_bpp"],
         "head_to_head": summary["head_to_head"],
+        "head_to_head_refined": summary["head_to_head_refined"],
         "skipped": skipped,
         "errors": errors,
         "files": {k: str(v) for k, v in files.items()},
@@ -1015,12 +1035,13 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
             b = result["bd"][e["codec"]]
             click.echo(f"  {e['name']:<10} BD-rate {_fmt(b['bd_rate_psnr_pct'], 1, True):>7} %  "
                        f"BD-PSNR {_fmt(b['bd_psnr_db'], 2, True):>6} dB  (vs JPEG)")
-    for e in result["results"]:
-        b = result["head_to_head"].get(e["codec"])
-        if b is not None and e["codec"] != ANCHOR:
-            click.echo(f"  {SUBJECT} vs {e['name']:<10} BD-rate "
-                       f"{_fmt(b['bd_rate_psnr_pct'], 1, True):>7} %  "
-                       f"BD-PSNR {_fmt(b['bd_psnr_db'], 2, True):>6} dB  (head to head)")
+    for key, subject in (("head_to_head", SUBJECT), ("head_to_head_refined", REFINED)):
+        for e in result["results"]:
+            b = result[key].get(e["codec"])
+            if b is not None and e["codec"] != ANCHOR:
+                click.echo(f"  {subject} vs {e['name']:<10} BD-rate "
+                           f"{_fmt(b['bd_rate_psnr_pct'], 1, True):>7} %  "
+                           f"BD-PSNR {_fmt(b['bd_psnr_db'], 2, True):>6} dB  (head to head)")
     click.echo(f"wrote {result['files']['report']} and results.json, plots in {out}")
 
 

@@ -149,3 +149,32 @@ def test_benchmark_measures_refined_vaecodec_head_to_head(tmp_path, monkeypatch)
     report = (tmp_path / "o" / "report.md").read_text()
     assert "## vaecodec --refine 30 head to head" in report
     assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report
+
+
+def test_damaged_float_weights_fall_back_to_the_plain_latents(refining_model):
+    rgb = photo_crop(64, 64, seed=5)
+    plain = codec.compress_array(rgb, 4.0, model=refining_model)
+    weight = refining_model.h_s[0].weight
+    kept = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))   # an export without checksums could hold this
+        assert codec.compress_array(rgb, 4.0, model=refining_model, refine=3) == plain
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+
+
+def test_benchmark_where_every_codec_fails_writes_nothing(tmp_path, monkeypatch):
+    import click
+    from PIL import Image
+    d = tmp_path / "tiny"
+    d.mkdir()
+    Image.fromarray(photo_crop(64, 64)).save(d / "a.png")
+
+    def broken(self, image, quality):
+        raise RuntimeError("no float weights")
+    monkeypatch.setattr(benchmark.VaeCodecRefined, "encode", broken)
+    with pytest.raises(click.ClickException, match="nothing was measured"):
+        benchmark.run_benchmark(d, ["vaecodec-refine"], tmp_path / "o", progress=False)
+    assert not (tmp_path / "o" / "report.md").exists()

@@ -841,7 +841,8 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
 
     Returns ``{"dataset", "images", "results" (the ``results.json`` list), "bd", "psnr_at_bpp",
     "anchor", "skipped" ({name: reason}), "errors", "files" ({kind: path})}``. Raises
-    :class:`click.UsageError` on an unknown codec or a missing/empty dataset directory.
+    :class:`click.UsageError` on an unknown codec or a missing/empty dataset directory, and
+    :class:`click.ClickException` (writing nothing) when every measurement failed.
     """
     try:
         names = parse_codecs(codecs)
@@ -926,6 +927,9 @@ def run_benchmark(dataset: Path | None, codecs: list[str] | str, out: Path, jobs
 
     entries = [aggregate(records, c) for c in available]
     entries = [e for e in entries if e["results"]["bpp"]]
+    if errors and not entries:   # keep an earlier report in ``out`` rather than an empty one
+        raise click.ClickException("nothing was measured (every codec failed, see the errors "
+                                   "above); no files written")
     summary = summarize(entries)
 
     small = [r["image"] for r in records

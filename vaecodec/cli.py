@@ -285,9 +285,10 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
 @click.option("--refine", type=click.IntRange(0, MAX_REFINE), default=0, show_default=True,
               metavar="STEPS",
               help="Search for better latents before coding (encoder-side refinement, Yang et "
-                   "al. 2020): 30 steps make files about 8 % smaller at the same PSNR (Kodak) "
-                   "and take 2-3 s per step per megapixel on two cores (about 2 GB of memory "
-                   "for a large image). Decoding is unchanged.")
+                   "al. 2020): 30 steps make files about 8 % smaller at the same PSNR (Kodak). "
+                   "Each step takes 2-3 s per megapixel on two cores, and at least about a "
+                   "second for small images; a large image needs about 2 GB of memory. "
+                   "Decoding is unchanged.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")

@@ -136,7 +136,7 @@ def test_benchmark_measures_refined_vaecodec_head_to_head(tmp_path, monkeypatch)
     d = tmp_path / "tiny"
     d.mkdir()
     Image.fromarray(data.astronaut()[100:196, 40:168]).save(d / "a.png")
-    monkeypatch.setattr(benchmark, "REFINE_STEPS", 3)   # keep the test short
+    monkeypatch.setattr(benchmark.VaeCodecRefined, "refine_steps", 3)   # keep the test short
     assert benchmark.parse_codecs("vaecodec-refine") == ["vaecodec-refine"]
     assert "vaecodec-refine" not in benchmark.DEFAULT_CODECS
     res = benchmark.run_benchmark(d, ["vaecodec", "vaecodec-refine", "jpeg"], tmp_path / "o",

@@ -354,6 +354,7 @@ class VaeCodec(Codec):
     name, label = "vaecodec", "vaecodec"
     qualities = (1, 2, 3, 4, 5, 6, 7, 8)
     settings = "quality 1..8"
+    refine_steps = 0   # encoder-side latent refinement (vaecodec.refine) per encode
 
     def _load(self) -> None:
         try:
@@ -365,10 +366,11 @@ class VaeCodec(Codec):
             torch.set_num_threads(self.threads)
         except Exception:  # noqa: BLE001 - torch missing shows up in the probe below
             pass
-        # Probe (and warm up: the model is loaded once per process) on a tiny image, so missing
-        # weights become a skip notice and model loading is not timed as encoding.
+        # Probe (and warm up: the model is loaded once per process, with its float entropy
+        # model when refining) on a tiny image, so missing weights become a skip notice and
+        # model loading is not timed as encoding.
         probe = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
-        out = codec.decode(codec.encode(probe, quality=1.0))
+        out = codec.decode(codec.encode(probe, quality=1.0, refine=min(1, self.refine_steps)))
         if out.size != probe.size:
             raise CodecUnavailable("vaecodec probe decoded to the wrong size")
 
@@ -378,7 +380,7 @@ class VaeCodec(Codec):
     def encode(self, image: Image.Image, quality) -> bytes:
         self.load()
         from . import codec
-        return codec.encode(image, quality=float(quality))
+        return codec.encode(image, quality=float(quality), refine=self.refine_steps)
 
     def decode(self, data: bytes) -> Image.Image:
         self.load()
@@ -389,13 +391,9 @@ class VaeCodec(Codec):
 class VaeCodecRefined(VaeCodec):
     """vaecodec with encoder-side latent refinement (:mod:`vaecodec.refine`): same decoder and
     files, slower encoding. Not in the default list (it encodes about 30× slower)."""
-    name, label = "vaecodec-refine", f"vaecodec --refine {REFINE_STEPS}"
+    name, label = REFINED, f"vaecodec --refine {REFINE_STEPS}"
     settings = f"quality 1..8, {REFINE_STEPS} steps of latent refinement (SGA)"
-
-    def encode(self, image: Image.Image, quality) -> bytes:
-        self.load()
-        from . import codec
-        return codec.encode(image, quality=float(quality), refine=REFINE_STEPS)
+    refine_steps = REFINE_STEPS
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (

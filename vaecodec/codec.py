@@ -157,10 +157,10 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
         raise CodecError("refinement needs the float entropy model: load the weights with refine=True")
     tile, overlap = _geometry(height, width)
     tiles = []
+    step = (lambda: progress(1)) if progress else None   # after each refinement step
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
-        step = (lambda: progress(1)) if progress else None
         s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))

@@ -278,6 +278,15 @@ def _load_state(model: MeanScaleHyperprior, state: dict[str, torch.Tensor], d: P
     return result
 
 
+def _read_of_export(d: Path, fname: str, meta: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The tensors of ``d/fname``, which must come from the export whose synthesis metadata is
+    ``meta`` (same fingerprint); :class:`WeightsError` otherwise."""
+    tensors, own = _read(d / fname)
+    if own.get("fingerprint") != meta.get("fingerprint"):
+        raise WeightsError(f"{d} holds {fname.split('.')[0]} and synthesis weights of different exports")
+    return tensors
+
+
 def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
     """The decoder files besides synthesis that ``model``'s shape needs, with the prefix of
     their training-only tensors."""
@@ -304,9 +313,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
     if "h_s_int.shift" not in synthesis:   # exports since session 18: the hyper-synthesis apart
         extra.insert(0, (HYPER_FILE, None))
     for fname, training_only in extra:   # decoder halves; the float halves are for training
-        tensors, emeta = _read(d / fname)
-        if emeta.get("fingerprint") != meta.get("fingerprint"):
-            raise WeightsError(f"{d} holds {fname.split('.')[0]} and synthesis weights of different exports")
+        tensors = _read_of_export(d, fname, meta)
         synthesis = {**synthesis, **{k: v for k, v in tensors.items()
                                      if not (training_only and k.startswith(training_only))}}
         if training_only:
@@ -317,16 +324,10 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
         raise WeightsError(f"weights in {d}: {damaged} is damaged (fingerprint mismatch)")
     state = {k: v for k, v in synthesis.items() if k.startswith(DECODER_PREFIXES)}
     if encoder:
-        analysis, ameta = _read(d / ANALYSIS_FILE)
-        if ameta.get("fingerprint") != meta["fingerprint"]:
-            raise WeightsError(f"{d} holds analysis and synthesis weights of different exports")
-        state.update(analysis)
+        state.update(_read_of_export(d, ANALYSIS_FILE, meta))
     if encoder and refine:
-        training, tmeta = _read(d / TRAINING_FILE)
-        if tmeta.get("fingerprint") != meta["fingerprint"]:
-            raise WeightsError(f"{d} holds training and synthesis weights of different exports")
         state.update(floats)
-        state.update(training)
+        state.update(_read_of_export(d, TRAINING_FILE, meta))
     needed = DECODER_PREFIXES + (("g_a.", "h_a.") if encoder else ()) \
         + (REFINE_PREFIXES if encoder and refine else ())
     missing = [k for k in _load_state(model, state, d).missing_keys if k.startswith(needed)]

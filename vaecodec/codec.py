@@ -161,7 +161,7 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
-        s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step)
+        s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step, size=(h, w))
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
         if progress:

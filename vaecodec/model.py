@@ -89,6 +89,13 @@ def _mixed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return add_uniform_noise(v), ste_round(v)
 
 
+def _hard(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-then-hard training quantisation of ``v = y - mean``: rounded for both, with a
+    straight-through gradient (to the mean, as the encoder is frozen)."""
+    r = ste_round(v)
+    return r, r
+
+
 def _rounded(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coding-time quantisation of ``v = y - mean``: rounded for both."""
     r = torch.round(v)
@@ -261,16 +268,25 @@ class MeanScaleHyperprior(nn.Module):
             refined.append(y_hat + self.residual(i, m_h, decoded))
         return torch.cat(refined, 1), torch.cat(likelihoods, 1)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, level: torch.Tensor, hard: bool = False) -> ForwardOutput:
         """Training pass with per-sample integer quality ``level`` (``(B,)`` long, 0-based).
 
         Rate uses additive uniform noise; the synthesis, hyper-synthesis and channel context
         see rounded values through the straight-through estimator (mixed quantisation).
+        ``hard``: the second stage of Guo et al. 2021 ("Soft then hard", ICML), for a frozen
+        analysis transform: rate and synthesis both see the rounded latents the coder codes
+        (straight-through), so the entropy model learns the integer likelihoods it is coded
+        with rather than those of noisy latents.
         """
         gain = torch.exp(self.log_gain[level])[:, :, None, None]
         inv_gain = torch.exp(self.log_inv_gain[level])[:, :, None, None]
         y = self.g_a(x) * gain
         z = self.h_a(y)
+        if hard:
+            z_hat = ste_round(z)
+            z_likelihoods = self.prior.likelihood(z_hat.float())
+            y_hat, y_likelihoods = self.latents(y, self.h_s(z_hat), quantize=_hard)
+            return ForwardOutput(self.g_s(y_hat * inv_gain), y_likelihoods, z_likelihoods)
         z_likelihoods = self.prior.likelihood(add_uniform_noise(z).float())
         y_hat, y_likelihoods = self.latents(y, self.h_s(ste_round(z)), noisy=True)
         x_hat = self.g_s(y_hat * inv_gain)
@@ -313,7 +329,8 @@ class MeanScaleHyperprior(nn.Module):
         anchor = anchor_mask(*shape[2:]).expand(shape)
         return [anchor, ~anchor]
 
-    def compress(self, x: torch.Tensor, quality: float, refine: int = 0, progress=None) -> dict:
+    def compress(self, x: torch.Tensor, quality: float, refine: int = 0, progress=None,
+                 size: tuple[int, int] | None = None) -> dict:
         """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> coded streams.
 
         Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
@@ -322,10 +339,11 @@ class MeanScaleHyperprior(nn.Module):
         snapped scale, both from :meth:`exact_slice_parameters` and
         :meth:`exact_spatial_parameters`. ``refine``: steps of encoder-side latent refinement
         (:func:`vaecodec.refine.refine_latents`, needs the float entropy model), each followed
-        by a call of ``progress()``; 0 codes the analysis transform's latents.
+        by a call of ``progress()``; 0 codes the analysis transform's latents. ``size``:
+        ``(h, w)`` of the image in ``x`` before padding, which refinement optimises for.
         """
         from .refine import refine_latents
-        y, z = refine_latents(self, x, quality, refine, progress=progress)
+        y, z = refine_latents(self, x, quality, refine, progress=progress, size=size)
         return self._code(y, z)
 
     @torch.no_grad()

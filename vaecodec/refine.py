@@ -55,10 +55,12 @@ def temperature(step: int, steps: int) -> float:
 
 def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
                    lr: float = LEARNING_RATE, seed: int = SEED,
-                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress=None, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``y`` ``(1, M, H/16, W/16)`` and ``z`` ``(1, N, H/64, W/64)`` (gained, not yet
     rounded) for image ``x`` ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``, after ``steps`` steps
-    of SGA refinement (``steps=0``: the analysis transform's own).
+    of SGA refinement (``steps=0``: the analysis transform's own). ``size``: ``(h, w)`` of the
+    image inside ``x`` (the rest is padding up to a multiple of 64): distortion is measured,
+    and the rate counted per pixel, over that part only (default: all of ``x``).
 
     ``model`` is a :class:`vaecodec.model.MeanScaleHyperprior` with its float entropy model
     (hyper-synthesis, factorized prior, context networks) loaded, see
@@ -83,7 +85,8 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     start = (y.detach().clone(), z.detach().clone())
     try:
         with torch.enable_grad():
-            finite = _descend(model, x, y, z, inv_gain, model.lmbda(quality), steps, lr, seed, progress)
+            finite = _descend(model, x, y, z, inv_gain, model.lmbda(quality), steps, lr, seed,
+                              progress, size or tuple(x.shape[2:]))
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -91,14 +94,15 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     return (y.detach(), z.detach()) if finite else start
 
 
-def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress) -> bool:
+def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -> bool:
     """The Adam steps of :func:`refine_latents` on the leaf tensors ``y`` and ``z``, in place;
     ``False`` (and stops) as soon as the loss or the latents are not finite."""
     from .train import native_bf16
     bf16 = native_bf16(torch.device("cpu"))   # about 1.7x faster per step, same file sizes
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam([y, z], lr=lr)
-    pixels = x.shape[2] * x.shape[3]
+    h, w = size
+    pixels, x = h * w, x[:, :, :h, :w]   # the padding is not part of the image
     for step in range(steps):
         tau = temperature(step, steps)
 
@@ -109,7 +113,7 @@ def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress) -> bool
         z_tilde = sga_round(z, tau, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             y_in, y_likelihoods = model.latents(y, model.h_s(z_tilde), quantize=soft)
-            x_hat = model.g_s(y_in * inv_gain).float()
+            x_hat = model.g_s(y_in * inv_gain)[:, :, :h, :w].float()
         rate = (bits(model.prior.likelihood(z_tilde)) + bits(y_likelihoods)) / pixels
         loss = rate + lmbda * 255.0 ** 2 * torch.mean((x_hat - x) ** 2)
         if not torch.isfinite(loss):

@@ -118,33 +118,6 @@ def test_export_refuses_empty_tables(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.safetensors"))
 
 
-def test_hard_stage_trains_the_decoder_side_only_on_the_coded_integers(tmp_path, image_dir):
-    from vaecodec.train import load_checkpoint
-    first = train(tiny(tmp_path / "soft", image_dir))
-    before = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
-    load_checkpoint(first, before)
-    after = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
-    load_checkpoint(train(tiny(tmp_path / "hard", image_dir, init=str(first), hard=True)), after)
-    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])}
-    assert not {k for k in changed if k.startswith(("g_a.", "h_a.", "log_gain"))}
-    assert {k.split(".")[0] for k in changed} >= {"g_s", "h_s", "prior", "log_inv_gain"}
-    # what the hard pass counts is the rate of the rounded latents the coder codes
-    x = torch.from_numpy(photo_crop(64, 128)).permute(2, 0, 1)[None].float() / 255
-    level = torch.tensor([3])
-    with torch.no_grad():
-        out = after(x, level, hard=True)
-        gain = torch.exp(after.log_gain[level])[:, :, None, None]
-        y = after.g_a(x) * gain
-        z_hat = torch.round(after.h_a(y))
-        y_hat, y_likelihoods = after.latents(y, after.h_s(z_hat), noisy=False)
-        inv_gain = torch.exp(after.log_inv_gain[level])[:, :, None, None]
-        assert torch.allclose(out.y_likelihoods, y_likelihoods)
-        assert torch.allclose(out.z_likelihoods, after.prior.likelihood(z_hat))
-        assert torch.allclose(out.x_hat, after.g_s(y_hat * inv_gain))
-        noisy = after(x, level)   # the usual pass draws noise: other likelihoods
-    assert not torch.allclose(noisy.y_likelihoods, out.y_likelihoods)
-
-
 def test_learning_rate_warms_up_and_decays():
     cfg = TrainConfig(data=".", lr=1e-3, warmup=100, decay_fraction=0.2)
     assert learning_rate(cfg, 0, 0.0) == pytest.approx(1e-5)
@@ -172,7 +145,6 @@ def test_learning_rate_warms_up_and_decays():
     ("seed", -1, "seed must be an integer >= 0"),
     ("seed", "abc", "seed must be an integer >= 0"),
     ("resume", "no", "resume must be True or False"),
-    ("hard", 1, "hard must be True or False"),
     ("data", "", "data must be a non-empty path"),
     ("out", None, "out must be a non-empty path"),
     ("init", 5, "init must be a path"),

@@ -453,11 +453,6 @@ def _lambdas_option(ctx, param, value):
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",
               help="λ of each quality level (MSE on 0..255 values), comma-separated; overrides "
                    "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")
-@click.option("--hard", is_flag=True,
-              help="Second training stage (Guo et al. 2021, \"soft then hard\"): freeze the "
-                   "analysis transforms and train the synthesis and entropy models on rounded "
-                   "latents, as the coder sees them, instead of noisy ones. Start it with "
-                   "--init from a model trained the usual way.")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Export weights to this folder when done (e.g. weights).")
 def train(export_dir, **options):

@@ -89,13 +89,6 @@ def _mixed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return add_uniform_noise(v), ste_round(v)
 
 
-def _hard(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft-then-hard training quantisation of ``v = y - mean``: rounded for both, with a
-    straight-through gradient (to the mean, as the encoder is frozen)."""
-    r = ste_round(v)
-    return r, r
-
-
 def _rounded(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coding-time quantisation of ``v = y - mean``: rounded for both."""
     r = torch.round(v)
@@ -268,25 +261,16 @@ class MeanScaleHyperprior(nn.Module):
             refined.append(y_hat + self.residual(i, m_h, decoded))
         return torch.cat(refined, 1), torch.cat(likelihoods, 1)
 
-    def forward(self, x: torch.Tensor, level: torch.Tensor, hard: bool = False) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> ForwardOutput:
         """Training pass with per-sample integer quality ``level`` (``(B,)`` long, 0-based).
 
         Rate uses additive uniform noise; the synthesis, hyper-synthesis and channel context
         see rounded values through the straight-through estimator (mixed quantisation).
-        ``hard``: the second stage of Guo et al. 2021 ("Soft then hard", ICML), for a frozen
-        analysis transform: rate and synthesis both see the rounded latents the coder codes
-        (straight-through), so the entropy model learns the integer likelihoods it is coded
-        with rather than those of noisy latents.
         """
         gain = torch.exp(self.log_gain[level])[:, :, None, None]
         inv_gain = torch.exp(self.log_inv_gain[level])[:, :, None, None]
         y = self.g_a(x) * gain
         z = self.h_a(y)
-        if hard:
-            z_hat = ste_round(z)
-            z_likelihoods = self.prior.likelihood(z_hat.float())
-            y_hat, y_likelihoods = self.latents(y, self.h_s(z_hat), quantize=_hard)
-            return ForwardOutput(self.g_s(y_hat * inv_gain), y_likelihoods, z_likelihoods)
         z_likelihoods = self.prior.likelihood(add_uniform_noise(z).float())
         y_hat, y_likelihoods = self.latents(y, self.h_s(ste_round(z)), noisy=True)
         x_hat = self.g_s(y_hat * inv_gain)

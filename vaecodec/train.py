@@ -68,7 +68,6 @@ class TrainConfig:
     init: str = ""
     threads: int = 0
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
-    hard: bool = False               # soft-then-hard stage: frozen encoder, rounded latents
 
     def __post_init__(self):
         """Refuse a value the loop cannot use, with a one-line ``ValueError`` naming the field
@@ -111,9 +110,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-empty path or name, got {value!r}")
         if not isinstance(self.init, (str, os.PathLike)):
             raise ValueError(f"TrainConfig.init must be a path ('' for none), got {self.init!r}")
-        for name in ("resume", "hard"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"TrainConfig.resume must be True or False, got {self.resume!r}")
         if self.lambdas:
             self.lambdas = check_lambdas(self.lambdas)
 
@@ -204,12 +202,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------- loss
-def rd_loss(model: MeanScaleHyperprior, x: torch.Tensor, level: torch.Tensor, autocast,
-            hard: bool = False) -> dict:
-    """Mean over the batch of ``bpp + λ·255²·MSE``; also returns bpp, MSE and PSNR (dB).
-    ``hard``: rate and distortion of the rounded latents (see ``MeanScaleHyperprior.forward``)."""
+def rd_loss(model: MeanScaleHyperprior, x: torch.Tensor, level: torch.Tensor, autocast) -> dict:
+    """Mean over the batch of ``bpp + λ·255²·MSE``; also returns bpp, MSE and PSNR (dB)."""
     with autocast:
-        out = model(x, level, hard=hard) if hard else model(x, level)
+        out = model(x, level)
     pixels = x.shape[2] * x.shape[3]
     y_bits = -torch.log2(out.y_likelihoods).flatten(1).sum(1)
     z_bits = -torch.log2(out.z_likelihoods).flatten(1).sum(1)
@@ -219,22 +215,6 @@ def rd_loss(model: MeanScaleHyperprior, x: torch.Tensor, level: torch.Tensor, au
     loss = (bpp + lmbda * 255.0**2 * mse).mean()
     psnr = (10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))).mean()
     return {"loss": loss, "bpp": bpp.mean().detach(), "mse": mse.mean().detach(), "psnr": psnr}
-
-
-ENCODER_PREFIXES = ("g_a.", "h_a.", "log_gain")
-
-
-def freeze_encoder(model: MeanScaleHyperprior) -> int:
-    """Stop training the analysis and hyper-analysis transforms and the encoder gains (the
-    "hard" stage of Guo et al. 2021, "Soft then Hard", ICML: with the encoder fixed, the
-    latents a given image gets no longer move, and the decoder side learns them as they are
-    coded). Returns how many parameters were frozen; Adam skips them (they get no gradient)."""
-    count = 0
-    for name, p in model.named_parameters():
-        if name.startswith(ENCODER_PREFIXES):
-            p.requires_grad_(False)
-            count += p.numel()
-    return count
 
 
 def model_lambdas(model) -> torch.Tensor:
@@ -449,11 +429,6 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         model.set_lambdas(cfg.lambdas)
         if rank == 0:
             print("λ ladder: " + ", ".join(f"{v:g}" for v in cfg.lambdas), flush=True)
-    if cfg.hard:
-        frozen = freeze_encoder(model)
-        if rank == 0:
-            print(f"soft-then-hard stage: analysis transforms frozen ({frozen:,} parameters), "
-                  f"rate and synthesis on rounded latents", flush=True)
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -493,7 +468,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             group["lr"] = learning_rate(cfg, step - first_step, frac)
         x = random_batch(images, cfg.batch, cfg.crop, rng).to(device)
         level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)
-        m = rd_loss(ddp_model, x, level, autocast, hard=cfg.hard)
+        m = rd_loss(ddp_model, x, level, autocast)
         optimizer.zero_grad(set_to_none=True)
         m["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -25,23 +25,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from vaecodec.cli import GLIBC_FAST_MALLOC  # noqa: E402  (the setting the launcher uses)
 
-# (batch, crop, precision, threads, allocator setting)
-SETTINGS = [(16, 128, "fp32", 2, False), (16, 128, "fp32", 2, True), (16, 128, "bf16", 2, True),
-            (16, 128, "bf16", 1, True), (8, 256, "fp32", 2, False), (8, 256, "fp32", 2, True),
-            (8, 256, "bf16", 2, True)]
+# (batch, crop, precision, threads, allocator setting, channels_last)
+SETTINGS = [(16, 128, "fp32", 2, False, False), (16, 128, "fp32", 2, True, False),
+            (16, 128, "bf16", 2, True, False), (16, 128, "bf16", 1, True, False),
+            (16, 128, "bf16", 2, True, True),
+            (8, 256, "fp32", 2, False, False), (8, 256, "fp32", 2, True, False),
+            (8, 256, "fp32", 2, True, True), (8, 256, "bf16", 2, True, False),
+            (8, 256, "bf16", 2, True, True)]
 
 
-def child(batch: int, crop: int, precision: str, threads: int, steps: int, N: int, M: int) -> float:
-    """Median samples/s of ``steps`` training steps after one warm-up step."""
+def child(batch: int, crop: int, precision: str, threads: int, channels_last: bool, steps: int,
+          N: int, M: int) -> float:
+    """Median samples/s of ``steps`` training steps after one warm-up step (the trainer's
+    default model: checkerboard context, 2 residual blocks per stage)."""
     import torch
     from vaecodec.model import MeanScaleHyperprior
     from vaecodec.train import rd_loss
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = MeanScaleHyperprior(N, M)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = MeanScaleHyperprior(N, M, checkerboard=True, blocks=2).to(memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    x = torch.rand(batch, 3, crop, crop)
+    x = torch.rand(batch, 3, crop, crop).contiguous(memory_format=layout)
     level = torch.randint(0, model.num_qualities, (batch,))
     times = []
     for _ in range(steps + 1):
@@ -76,8 +82,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        b, c, p, t = json.loads(args.child)
-        print(json.dumps(child(b, c, p, t, args.steps, args.N, args.M)))
+        b, c, p, t, cl = json.loads(args.child)
+        print(json.dumps(child(b, c, p, t, cl, args.steps, args.N, args.M)))
         return
     import torch
     from vaecodec.train import native_bf16
@@ -87,28 +93,29 @@ def main() -> None:
         for s in SETTINGS:
             if s[2] == "bf16" and not bf16:
                 continue
-            batch, crop, precision, threads, tuned = s
+            batch, crop, precision, threads, tuned, cl = s
             env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
             env["PYTHONPATH"] = str(ROOT)
             if tuned:
                 env["GLIBC_TUNABLES"] = GLIBC_FAST_MALLOC
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps),
                                   "--N", str(args.N), "--M", str(args.M),
-                                  "--child", json.dumps([batch, crop, precision, threads])],
+                                  "--child", json.dumps([batch, crop, precision, threads, cl])],
                                  env=env, capture_output=True, text=True, check=True)
             results[s].append(float(out.stdout.strip().splitlines()[-1]))
     print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, kernels "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if bf16 else 'no'}")
     print(f"N={args.N} M={args.M}; median of {args.steps} steps, best of {args.rounds} rounds\n")
-    print("| batch × crop | precision | threads | glibc malloc tuned | samples/s | vs plain fp32 |")
-    print("|---|---|---|---|---|---|")
+    print("| batch × crop | precision | threads | glibc malloc tuned | channels_last | samples/s | vs plain fp32 |")
+    print("|---|---|---|---|---|---|---|")
     for s, r in results.items():
-        batch, crop, precision, threads, tuned = s
-        row = f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
+        batch, crop, precision, threads, tuned, cl = s
+        row = (f"| {batch} × {crop}² | {precision} | {threads} | {'yes' if tuned else 'no'} | "
+               f"{'yes' if cl else 'no'} | ")
         if not r:
             print(row + "skipped: no native bf16 | |")
             continue
-        base = max(results[(batch, crop, "fp32", 2, False)])
+        base = max(results[(batch, crop, "fp32", 2, False, False)])
         print(row + f"{max(r):.2f} | {max(r) / base:.2f}× |")
 
 

@@ -196,3 +196,10 @@ def test_refinement_spends_nothing_on_the_padding(refining_model):
         return bits / 128**2 + lmbda * float(((x_hat - x[:, :, :, :128] * 255) ** 2).mean())
 
     assert cost((128, 128)) < 0.95 * cost(None)   # measured 0.84
+
+
+def test_learning_rate_keeps_the_step_budget():
+    assert refine.learning_rate(30) == pytest.approx(0.01)      # the tuned 30-step setting
+    assert refine.learning_rate(60) == pytest.approx(0.005)
+    assert refine.learning_rate(100) == pytest.approx(0.003)
+    assert refine.learning_rate(5) == refine.MAX_LEARNING_RATE  # few steps: capped

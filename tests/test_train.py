@@ -145,6 +145,7 @@ def test_learning_rate_warms_up_and_decays():
     ("seed", -1, "seed must be an integer >= 0"),
     ("seed", "abc", "seed must be an integer >= 0"),
     ("resume", "no", "resume must be True or False"),
+    ("channels_last", 1, "channels_last must be True or False"),
     ("data", "", "data must be a non-empty path"),
     ("out", None, "out must be a non-empty path"),
     ("init", 5, "init must be a path"),

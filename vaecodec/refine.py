@@ -16,7 +16,7 @@ between its floor and its ceiling, with the nearer integer the likelier, and a t
 falls from 0.5 to 0.05 over the steps turns the soft draw into plain rounding by the end.
 
 The decoder and the file format do not change: a refined file is an ordinary ``.vae`` file.
-Refinement costs one synthesis pass forward and backward per step (2-3 s per step for a
+Refinement costs one synthesis pass forward and backward per step (about 1 s per step for a
 megapixel on two CPU cores, in bf16 autocast where the CPU computes bf16 natively; about 2 GB
 of memory for a 1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws come from a generator
 seeded per call, so an encode is reproducible on a given machine.
@@ -28,8 +28,20 @@ import torch
 from .entropy import bits
 
 TAU_START, TAU_END = 0.5, 0.05   # SGA temperature schedule (exponential in the step)
-LEARNING_RATE = 0.01             # Adam step on y and z (gained latent units)
+STEP_BUDGET = 0.3                # Adam's learning rate x steps (gained latent units)
+MAX_LEARNING_RATE = 0.01
 SEED = 0
+
+
+def learning_rate(steps: int) -> float:
+    """Adam's learning rate for a refinement of ``steps`` steps: ``STEP_BUDGET / steps``, at
+    most :data:`MAX_LEARNING_RATE` (0.01 for 30 steps or fewer, 0.005 for 60, 0.003 for 100).
+
+    Tuned on the training folder's validation split (4 images, 320x448 crops, qualities 1, 3,
+    5 and 7; BD-rate against the analysis transform's own latents): 30 steps at 0.01 -6.3 %,
+    60 at 0.005 -7.2 %, 100 at 0.003 -7.7 %; 30 steps at 0.02 falling to 0.002 did worse (-5.2 %).
+    """
+    return min(MAX_LEARNING_RATE, STEP_BUDGET / max(1, steps))
 
 
 def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -54,13 +66,14 @@ def temperature(step: int, steps: int) -> float:
 
 
 def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
-                   lr: float = LEARNING_RATE, seed: int = SEED,
+                   lr: float | None = None, seed: int = SEED,
                    progress=None, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``y`` ``(1, M, H/16, W/16)`` and ``z`` ``(1, N, H/64, W/64)`` (gained, not yet
     rounded) for image ``x`` ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``, after ``steps`` steps
     of SGA refinement (``steps=0``: the analysis transform's own). ``size``: ``(h, w)`` of the
     image inside ``x`` (the rest is padding up to a multiple of 64): distortion is measured,
-    and the rate counted per pixel, over that part only (default: all of ``x``).
+    and the rate counted per pixel, over that part only (default: all of ``x``). ``lr``:
+    Adam's learning rate (default :func:`learning_rate` of ``steps``).
 
     ``model`` is a :class:`vaecodec.model.MeanScaleHyperprior` with its float entropy model
     (hyper-synthesis, factorized prior, context networks) loaded, see
@@ -85,7 +98,8 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     start = (y.detach().clone(), z.detach().clone())
     try:
         with torch.enable_grad():
-            finite = _descend(model, x, y, z, inv_gain, model.lmbda(quality), steps, lr, seed,
+            finite = _descend(model, x, y, z, inv_gain, model.lmbda(quality), steps,
+                              learning_rate(steps) if lr is None else lr, seed,
                               progress, size or tuple(x.shape[2:]))
     finally:
         for p in frozen:
@@ -113,7 +127,9 @@ def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -
         z_tilde = sga_round(z, tau, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             y_in, y_likelihoods = model.latents(y, model.h_s(z_tilde), quantize=soft)
-            x_hat = model.g_s(y_in * inv_gain)[:, :, :h, :w].float()
+            # NHWC: oneDNN's bf16 kernels need no layout copies (2.2x faster steps, same result)
+            x_hat = model.g_s((y_in * inv_gain).contiguous(memory_format=torch.channels_last))
+            x_hat = x_hat[:, :, :h, :w].float()
         rate = (bits(model.prior.likelihood(z_tilde)) + bits(y_likelihoods)) / pixels
         loss = rate + lmbda * 255.0 ** 2 * torch.mean((x_hat - x) ** 2)
         if not torch.isfinite(loss):

@@ -68,6 +68,7 @@ class TrainConfig:
     init: str = ""
     threads: int = 0
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
+    channels_last: bool = True       # NHWC tensors: 1.7-1.8x faster bf16 steps (train-speed.md)
 
     def __post_init__(self):
         """Refuse a value the loop cannot use, with a one-line ``ValueError`` naming the field
@@ -110,8 +111,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-empty path or name, got {value!r}")
         if not isinstance(self.init, (str, os.PathLike)):
             raise ValueError(f"TrainConfig.init must be a path ('' for none), got {self.init!r}")
-        if not isinstance(self.resume, bool):
-            raise ValueError(f"TrainConfig.resume must be True or False, got {self.resume!r}")
+        for name in ("resume", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.lambdas:
             self.lambdas = check_lambdas(self.lambdas)
 
@@ -429,6 +431,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         model.set_lambdas(cfg.lambdas)
         if rank == 0:
             print("λ ladder: " + ", ".join(f"{v:g}" for v in cfg.lambdas), flush=True)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)   # the values stay; only the layout changes
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -466,7 +470,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step - first_step, frac)
-        x = random_batch(images, cfg.batch, cfg.crop, rng).to(device)
+        x = random_batch(images, cfg.batch, cfg.crop, rng).to(device).contiguous(memory_format=memory_format)
         level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)
         m = rd_loss(ddp_model, x, level, autocast)
         optimizer.zero_grad(set_to_none=True)

@@ -203,3 +203,9 @@ def test_learning_rate_keeps_the_step_budget():
     assert refine.learning_rate(60) == pytest.approx(0.005)
     assert refine.learning_rate(100) == pytest.approx(0.003)
     assert refine.learning_rate(5) == refine.MAX_LEARNING_RATE  # few steps: capped
+
+
+@pytest.mark.parametrize("size", [(100, 64), (64, 65), (0, 64), (-1, -1), (1.5, 2), (64,), (32, 32, 3)])
+def test_refine_refuses_a_size_that_is_not_inside_x(refining_model, size):
+    with pytest.raises(ValueError, match="size must be"):
+        refine.refine_latents(refining_model, torch.rand(1, 3, 64, 64), 4.0, steps=1, size=size)

@@ -286,8 +286,8 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
               metavar="STEPS",
               help="Search for better latents before coding (encoder-side refinement, Yang et "
                    "al. 2020): 30 steps make files about 8 % smaller at the same PSNR (Kodak). "
-                   "Each step takes about 1.5-2 s per megapixel on two cores (0.07 s for a "
-                   "64x64 image); a large image needs about 2 GB of memory. "
+                   "Each step takes about 1.5-2 s per megapixel on two cores (0.1 s for a "
+                   "small image), after a start-up of a few seconds; a large image needs about 2 GB of memory. "
                    "Decoding is unchanged.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -410,7 +410,7 @@ def _lambdas_option(ctx, param, value):
 @click.option("--out", default="runs/train", show_default=True, help="Run folder: log, checkpoint.")
 @click.option("--minutes", type=_POSITIVE, default=60.0, show_default=True, help="Time budget.")
 @click.option("--max-steps", type=click.IntRange(min=0), default=0,
-              help="Stop after this many steps (0: no limit).")
+              help="Stop after this many steps of this run, resumed or not (0: no limit).")
 @click.option("--crop", type=int, default=256, show_default=True,
               callback=_crop_option,
               help="Crop size in pixels, a multiple of 64. 128 is faster early on, but most "
@@ -455,8 +455,9 @@ def _lambdas_option(ctx, param, value):
                    "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Keep activations and weights in NHWC layout, which oneDNN's bf16 "
-                   "convolutions use natively (1.7-1.8x faster bf16 steps on a 2-core AVX-512 Xeon; see "
-                   "benchmarks/train-speed.md).")
+                   "convolutions use natively: 1.7-1.8x faster bf16 steps on a 2-core AVX-512 "
+                   "Xeon, 1.05x in fp32 (benchmarks/train-speed.md). The checkpoint is the "
+                   "same either way.")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Export weights to this folder when done (e.g. weights).")
 def train(export_dir, **options):

@@ -16,12 +16,15 @@ between its floor and its ceiling, with the nearer integer the likelier, and a t
 falls from 0.5 to 0.05 over the steps turns the soft draw into plain rounding by the end.
 
 The decoder and the file format do not change: a refined file is an ordinary ``.vae`` file.
-Refinement costs one synthesis pass forward and backward per step (about 1 s per step for a
-megapixel on two CPU cores, in bf16 autocast where the CPU computes bf16 natively; about 2 GB
-of memory for a 1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws come from a generator
+Refinement costs one synthesis pass forward and backward per step (about 1.5-2 s per step for
+a megapixel on two CPU cores, in bf16 autocast where the CPU computes bf16 natively, after a
+start-up of a few seconds in which oneDNN prepares its kernels; about 2 GB of memory for a
+1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws come from a generator
 seeded per call, so an encode is reproducible on a given machine.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -72,7 +75,8 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     rounded) for image ``x`` ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``, after ``steps`` steps
     of SGA refinement (``steps=0``: the analysis transform's own). ``size``: ``(h, w)`` of the
     image inside ``x`` (the rest is padding up to a multiple of 64): distortion is measured,
-    and the rate counted per pixel, over that part only (default: all of ``x``). ``lr``:
+    and the rate counted per pixel, over that part only (default: all of ``x``); a size that
+    is not two whole numbers from 1 to ``x``'s height and width raises ``ValueError``. ``lr``:
     Adam's learning rate (default :func:`learning_rate` of ``steps``).
 
     ``model`` is a :class:`vaecodec.model.MeanScaleHyperprior` with its float entropy model
@@ -82,6 +86,12 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     If the loss or the latents stop being finite (damaged float weights), the analysis
     transform's latents are returned instead.
     """
+    if size is not None:
+        size = tuple(size)
+        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                     and 0 < v <= n for v, n in zip(size, x.shape[2:])):
+            raise ValueError(f"size must be (h, w), two whole numbers from 1 to the {tuple(x.shape[2:])} "
+                             f"of x, got {size!r}")
     if steps > 0 and not getattr(model, "float_entropy_model", True):
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
     gain, inv_gain = model.gains(quality)

@@ -287,8 +287,8 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
               help="Search for better latents before coding (encoder-side refinement, Yang et "
                    "al. 2020): 30 steps make files about 8 % smaller at the same PSNR (Kodak). "
                    "Each step takes about 1.5-2 s per megapixel on two cores (0.1 s for a "
-                   "small image), after a start-up of a few seconds; a large image needs about 2 GB of memory. "
-                   "Decoding is unchanged.")
+                   "small image), after a start-up of a few seconds; a large image needs "
+                   "about 2 GB of memory. Decoding is unchanged.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the bundled ones).")

@@ -19,8 +19,8 @@ The decoder and the file format do not change: a refined file is an ordinary ``.
 Refinement costs one synthesis pass forward and backward per step (about 1.5-2 s per step for
 a megapixel on two CPU cores, in bf16 autocast where the CPU computes bf16 natively, after a
 start-up of a few seconds in which oneDNN prepares its kernels; about 2 GB of memory for a
-1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws come from a generator
-seeded per call, so an encode is reproducible on a given machine.
+1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws
+come from a generator seeded per call, so an encode is reproducible on a given machine.
 """
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
         size = tuple(size)
         if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                                      and 0 < v <= n for v, n in zip(size, x.shape[2:])):
-            raise ValueError(f"size must be (h, w), two whole numbers from 1 to the {tuple(x.shape[2:])} "
-                             f"of x, got {size!r}")
+            raise ValueError(f"size must be (h, w), two whole numbers from 1 to the "
+                             f"{tuple(x.shape[2:])} of x, got {size!r}")
     if steps > 0 and not getattr(model, "float_entropy_model", True):
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
     gain, inv_gain = model.gains(quality)

@@ -470,7 +470,8 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step - first_step, frac)
-        x = random_batch(images, cfg.batch, cfg.crop, rng).to(device).contiguous(memory_format=memory_format)
+        x = random_batch(images, cfg.batch, cfg.crop, rng).to(device)
+        x = x.contiguous(memory_format=memory_format)
         level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)
         m = rd_loss(ddp_model, x, level, autocast)
         optimizer.zero_grad(set_to_none=True)

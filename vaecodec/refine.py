@@ -86,12 +86,11 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     If the loss or the latents stop being finite (damaged float weights), the analysis
     transform's latents are returned instead.
     """
-    if size is not None:
-        size = tuple(size)
-        if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                     and 0 < v <= n for v, n in zip(size, x.shape[2:])):
-            raise ValueError(f"size must be (h, w), two whole numbers from 1 to the "
-                             f"{tuple(x.shape[2:])} of x, got {size!r}")
+    size = tuple(x.shape[2:]) if size is None else tuple(size)
+    if len(size) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 and 0 < v <= n for v, n in zip(size, x.shape[2:])):
+        raise ValueError(f"size must be (h, w), two whole numbers from 1 to the "
+                         f"{tuple(x.shape[2:])} of x, got {size!r}")
     if steps > 0 and not getattr(model, "float_entropy_model", True):
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
     gain, inv_gain = model.gains(quality)
@@ -110,7 +109,7 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
         with torch.enable_grad():
             finite = _descend(model, x, y, z, inv_gain, model.lmbda(quality), steps,
                               learning_rate(steps) if lr is None else lr, seed,
-                              progress, size or tuple(x.shape[2:]))
+                              progress, size)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -147,7 +147,7 @@ def test_benchmark_measures_refined_vaecodec_head_to_head(tmp_path, monkeypatch)
     h2h = res["head_to_head_refined"]
     assert set(h2h) == {"vaecodec", "jpeg"}
     report = (tmp_path / "o" / "report.md").read_text()
-    assert "## vaecodec --refine 30 head to head" in report
+    assert f"## vaecodec --refine {benchmark.REFINE_STEPS} head to head" in report
     assert f"| JPEG | {h2h['jpeg']['bd_rate_psnr_pct']:+.1f} |" in report
 
 

@@ -14,8 +14,8 @@ jpeg2000   Pillow's OpenJPEG, irreversible 9/7 wavelet with the colour transform
            one layer at a fixed compression ratio 240..8 (about 0.1..3 bpp), raw ``.j2k``
 heic       ``pillow-heif`` (libheif, x265), 4:2:0, quality 10..90 — not in the default list
 vaecodec   :func:`vaecodec.codec.encode` / :func:`vaecodec.codec.decode`, quality 1..8
-vaecodec-  the same with 30 steps of encoder-side latent refinement (:mod:`vaecodec.refine`):
-refine     same decoder, about 30× slower encoding — not in the default list
+vaecodec-  the same with 60 steps of encoder-side latent refinement (:mod:`vaecodec.refine`):
+refine     same decoder, about 60× slower encoding — not in the default list
 ========== ================================================================================
 
 A codec whose library is missing (or, for vaecodec, whose module or weights are missing) is
@@ -68,7 +68,7 @@ DEFAULT_CODECS = ("vaecodec", "jpeg", "webp", "avif", "jpegxl", "jpeg2000")
 ANCHOR = "jpeg"  # BD metrics are relative to this codec
 SUBJECT = "vaecodec"  # and the head-to-head table compares this one with each other codec
 REFINED = "vaecodec-refine"   # vaecodec --refine REFINE_STEPS, compared head to head as well
-REFINE_STEPS = 30
+REFINE_STEPS = 60
 BPP_TARGETS = (0.25, 0.5, 1.0)  # rates (bpp) at which the report reads each curve's PSNR
 IMAGE_SUFFIXES = {".png", ".ppm", ".pnm", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp"}
 # scikit-image's bundled colour photographs, used when no dataset directory is available
@@ -390,7 +390,7 @@ class VaeCodec(Codec):
 
 class VaeCodecRefined(VaeCodec):
     """vaecodec with encoder-side latent refinement (:mod:`vaecodec.refine`): same decoder and
-    files, slower encoding. Not in the default list (it encodes about 30× slower)."""
+    files, slower encoding. Not in the default list (it encodes about 60× slower)."""
     name, label = REFINED, f"vaecodec --refine {REFINE_STEPS}"
     settings = f"quality 1..8, {REFINE_STEPS} steps of latent refinement (SGA)"
     refine_steps = REFINE_STEPS

@@ -347,3 +347,34 @@ def test_cli_prints_the_head_to_head_lines(small_dataset, tmp_path):
     line = next(ln for ln in res.output.splitlines() if "vaecodec vs WebP" in ln)
     assert f"{expected['webp']['bd_rate_psnr_pct']:+.1f} %" in line and "(head to head)" in line
     assert "vaecodec vs JPEG" not in res.output   # the anchored line already says it
+
+
+# -- benchmarks/validation.py -----------------------------------------------------------------
+
+def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
+    import importlib.util
+    from conftest import ROOT
+    from vaecodec import codec
+    spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "validation.py")
+    validation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validation)
+    data = tmp_path / "train"
+    data.mkdir()
+    for i, name in enumerate(("astronaut", "coffee")):   # every 40th file: img0 is held out
+        sample(name, (0, 0, 128, 96)).save(data / f"img{i}.png")
+    held_out = np.asarray(Image.open(data / "img0.png"))
+    weights_dir = str(ROOT / "weights")
+    args = [weights_dir, weights_dir, "--data", str(data), "--qualities", "1,8",
+            "--cache", str(tmp_path / "cache")]
+    result = CliRunner().invoke(validation.main, args)
+    assert result.exit_code == 0, result.output
+    ref, same = result.stdout.strip().splitlines()   # progress bars go to stderr
+    for q in (1, 8):   # the curve is the file's size and PSNR, measured independently here
+        coded = codec.compress_array(held_out, quality=q)
+        bpp = 8 * len(coded) / (96 * 128)
+        psnr = metrics.psnr_rgb(held_out, codec.decompress_array(coded).rgb)
+        assert f"q{q} {bpp:.4f}/{psnr:.2f}" in ref
+    assert "(reference)" in ref and "BD-rate vs reference +0.00 %" in same
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1   # same weights, one curve
+    bad = CliRunner().invoke(validation.main, [weights_dir, "--data", str(data), "--qualities", "4"])
+    assert bad.exit_code == 2 and "at least 2 qualities" in bad.output

@@ -118,6 +118,19 @@ def test_export_refuses_empty_tables(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.safetensors"))
 
 
+def test_a_diverged_run_stops_with_a_one_line_error_and_keeps_its_checkpoint(tmp_path, image_dir):
+    from vaecodec.train import MAX_NONFINITE_STEPS, TrainingError
+    ckpt = train(tiny(tmp_path / "run", image_dir))
+    before = ckpt.read_bytes()
+    with pytest.raises(TrainingError, match=r"diverged: the loss was not finite for 20 steps in "
+                                            r"a row .*lower --lr \(this run: 1e\+06\)"):
+        train(tiny(tmp_path / "run", image_dir, resume=True, lr=1e6, warmup=0, max_steps=200))
+    assert MAX_NONFINITE_STEPS == 20
+    assert ckpt.read_bytes() == before   # the diverged weights did not replace the last good ones
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) < 3 + 40 and not np.isfinite(log[-1]["loss"])
+
+
 def test_learning_rate_warms_up_and_decays():
     cfg = TrainConfig(data=".", lr=1e-3, warmup=100, decay_fraction=0.2)
     assert learning_rate(cfg, 0, 0.0) == pytest.approx(1e-5)

@@ -33,6 +33,7 @@ from .entropy import bits, gaussian_likelihood, SCALE_MIN
 from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
+MAX_NONFINITE_STEPS = 20   # consecutive skipped (non-finite) steps that stop a run as diverged
 RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transforms' residual blocks
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
@@ -455,7 +456,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
                    mininterval=5.0)
     start, last_ckpt, first_step = time.time(), time.time(), step
     budget = cfg.minutes * 60
-    ema = None
+    ema, nonfinite = None, 0
     while True:
         elapsed = time.time() - start
         frac = elapsed / budget if budget > 0 else 0.0
@@ -479,6 +480,17 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         if torch.isfinite(grad_norm):   # skip the rare non-finite step instead of poisoning Adam
             optimizer.step()
+            nonfinite = 0
+        else:
+            nonfinite += 1
+            if nonfinite >= MAX_NONFINITE_STEPS:   # diverged: keep the last checkpoint as it is
+                if rank == 0:
+                    bar.close()
+                    log.close()
+                raise TrainingError(
+                    f"training diverged: the loss was not finite for {nonfinite} steps in a row "
+                    f"(step {step + 1}); lower --lr (this run: {cfg.lr:g}) and resume from the "
+                    f"last checkpoint")
         step += 1
         vals = {k: float(v.detach()) for k, v in m.items()}
         ema = vals if ema is None else {k: 0.98 * ema[k] + 0.02 * vals[k] for k in vals}
@@ -495,7 +507,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             log.write(json.dumps(record) + "\n")
             if step % 20 == 0:
                 log.flush()
-            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 and not nonfinite:
                 save_checkpoint(ckpt, model, optimizer, step, cfg, {})
                 last_ckpt = time.time()
     if rank == 0:

@@ -34,16 +34,27 @@ CACHE = Path("build/validation-cache")
 
 
 def weights_digest(folder: Path) -> str:
-    """SHA-256 over the names and bytes of ``folder``'s ``*.safetensors`` files (hex)."""
+    """SHA-256 over the names and bytes of ``folder``'s ``*.safetensors`` files (hex). Raises
+    ``OSError`` when one cannot be read."""
     h = hashlib.sha256()
     for f in sorted(folder.glob("*.safetensors")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 
+def images_digest(images: list[np.ndarray]) -> str:
+    """SHA-256 over the shapes and pixels of ``images`` (hex): what was scored, whatever the
+    files are called."""
+    h = hashlib.sha256()
+    for rgb in images:
+        h.update(repr(rgb.shape).encode() + rgb.tobytes())
+    return h.hexdigest()
+
+
 def curve(folder: Path, images: list[np.ndarray], qualities: list[int], refine: int) -> dict:
     """``{"bpp": [...], "psnr": [...]}`` per quality, each the mean over ``images``
-    (``(H, W, 3)`` uint8): bpp from the ``.vae`` bytes, PSNR in dB."""
+    (``(H, W, 3)`` uint8): bpp from the ``.vae`` bytes, PSNR in dB. Raises
+    :class:`vaecodec.weights.WeightsError` when ``folder`` holds no usable weights."""
     from tqdm import tqdm
     model = weights.load(str(folder), refine=refine > 0)
     bpp, psnr = [], []
@@ -61,49 +72,86 @@ def curve(folder: Path, images: list[np.ndarray], qualities: list[int], refine: 
     return {"bpp": bpp, "psnr": psnr}
 
 
+def read_cached(path: Path, count: int) -> dict | None:
+    """The curve stored at ``path``, or ``None`` when there is none or it is unusable."""
+    try:
+        result = json.loads(path.read_text())
+        if all(len(result[k]) == count and all(isinstance(v, float) for v in result[k])
+               for k in ("bpp", "psnr")):
+            return result
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def write_cached(path: Path, result: dict) -> None:
+    """Store ``result`` at ``path`` atomically (temporary file, then rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+
+
+def parse_qualities(text: str) -> list[int]:
+    """``"1,4,8"`` -> ``[1, 4, 8]``; raises ``click.BadParameter`` unless at least 2 distinct
+    whole qualities from 1 to 8."""
+    try:
+        qs = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"not a list of whole numbers: {text!r}", param_hint="--qualities")
+    if len(qs) < 2 or len(set(qs)) != len(qs):
+        raise click.BadParameter("BD-rate needs at least 2 qualities, each once",
+                                 param_hint="--qualities")
+    if not all(1 <= q <= 8 for q in qs):
+        raise click.BadParameter(f"qualities are 1 to 8, got {text!r}", param_hint="--qualities")
+    return sorted(qs)
+
+
 @click.command()
 @click.argument("folders", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default="../shared/data/train",
               show_default=True, help="Training folder whose validation split is scored.")
 @click.option("--qualities", default="1,2,3,4,5,6,7,8", show_default=True,
-              help="Comma-separated integer quality levels.")
-@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Comma-separated whole quality levels (1-8), at least 2.")
+@click.option("--refine", type=click.IntRange(0, codec.MAX_REFINE), default=0, show_default=True,
               help="Encoder-side refinement steps (vaecodec compress --refine).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=CACHE,
-              show_default=True, help="Folder of measured curves, keyed by the weights' SHA-256.")
+              show_default=True, help="Folder of measured curves, keyed by the SHA-256 of the "
+                                      "weights and of the scored images.")
 @click.option("--no-cache", is_flag=True, help="Measure again instead of reading the cache.")
 def main(folders, data, qualities, refine, cache, no_cache):
     """Score weights FOLDERS on the validation split; BD-rate against the first folder."""
+    qs = parse_qualities(qualities)
     try:
-        qs = [int(v) for v in qualities.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"not a list of integers: {qualities!r}", param_hint="--qualities")
-    if len(qs) < 2:
-        raise click.BadParameter("BD-rate needs at least 2 qualities", param_hint="--qualities")
-    files = train.split_validation(train.list_images(data))[1]
-    images = [read_image(f)[0] for f in files]
-    cache.mkdir(parents=True, exist_ok=True)
+        files = train.split_validation(train.list_images(data))[1]
+        images = [read_image(f)[0] for f in files]
+        cache.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:   # no images, an unreadable image, a bad --cache
+        raise click.ClickException(str(exc)) from None
+    scored = images_digest(images)
     ref = None
     for folder in folders:
-        key = hashlib.sha256(f"{weights_digest(folder)} {refine} {qs} {[f.name for f in files]}"
-                             .encode()).hexdigest()[:24]
-        cached = cache / f"{key}.json"
-        if cached.exists() and not no_cache:
-            result = json.loads(cached.read_text())
-        else:
+        try:
+            key = hashlib.sha256(f"{weights_digest(folder)} {scored} {refine} {qs}".encode())
+        except OSError as exc:
+            raise click.ClickException(f"{folder}: {exc}") from None
+        cached = cache / f"{key.hexdigest()[:24]}.json"
+        result = None if no_cache else read_cached(cached, len(qs))
+        if result is None:
             try:
                 result = curve(folder, images, qs, refine)
             except weights.WeightsError as exc:   # not an export, damaged, another model
                 raise click.ClickException(f"{folder}: {exc}") from None
-            cached.write_text(json.dumps(result))
+            write_cached(cached, result)
         points = " ".join(f"q{q} {b:.4f}/{p:.2f}" for q, b, p in zip(qs, result["bpp"], result["psnr"]))
         if ref is None:
             ref = result
             click.echo(f"{folder} (reference): {points}")
-        else:
-            bd = metrics.bd_rate(ref["bpp"], ref["psnr"], result["bpp"], result["psnr"])
-            click.echo(f"{folder}: BD-rate vs reference {bd:+.2f} %  {points}")
+            continue
+        bd = metrics.bd_rate(ref["bpp"], ref["psnr"], result["bpp"], result["psnr"])
+        verdict = f"BD-rate vs reference {bd:+.2f} %" if np.isfinite(bd) else \
+            "no BD-rate (the PSNR ranges of the curves do not overlap)"
+        click.echo(f"{folder}: {verdict}  {points}")
 
 
 if __name__ == "__main__":

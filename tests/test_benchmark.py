@@ -376,5 +376,16 @@ def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
         assert f"q{q} {bpp:.4f}/{psnr:.2f}" in ref
     assert "(reference)" in ref and "BD-rate vs reference +0.00 %" in same
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1   # same weights, one curve
-    bad = CliRunner().invoke(validation.main, [weights_dir, "--data", str(data), "--qualities", "4"])
-    assert bad.exit_code == 2 and "at least 2 qualities" in bad.output
+    other = tmp_path / "other"   # same file names, other pixels: measured, not read from the cache
+    other.mkdir()
+    sample("coffee", (0, 0, 128, 96)).save(other / "img0.png")
+    result = CliRunner().invoke(validation.main, [weights_dir, "--data", str(other), "--qualities",
+                                                  "1,8", "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and result.stdout.split(":", 1)[1] != ref.split(":", 1)[1]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    for qualities in ("4", "1,1", "0,8", "a,b"):
+        bad = CliRunner().invoke(validation.main, [weights_dir, "--data", str(data), "--qualities",
+                                                   qualities])
+        assert bad.exit_code == 2 and "Invalid value for --qualities" in bad.output, qualities
+    bad = CliRunner().invoke(validation.main, [weights_dir, "--data", str(tmp_path / "cache")])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: no images in")

@@ -121,14 +121,30 @@ def test_export_refuses_empty_tables(tmp_path, monkeypatch):
 def test_a_diverged_run_stops_with_a_one_line_error_and_keeps_its_checkpoint(tmp_path, image_dir):
     from vaecodec.train import MAX_NONFINITE_STEPS, TrainingError
     ckpt = train(tiny(tmp_path / "run", image_dir))
-    before = ckpt.read_bytes()
+    before = load_file(str(ckpt))
+    # a checkpoint is due at every step: none may hold the weights of the step that diverged
     with pytest.raises(TrainingError, match=r"diverged: the loss was not finite for 20 steps in "
-                                            r"a row .*lower --lr \(this run: 1e\+06\)"):
-        train(tiny(tmp_path / "run", image_dir, resume=True, lr=1e6, warmup=0, max_steps=200))
+                                            r"a row .*lower --lr \(this run: 1e\+06\) and "
+                                            r"resume from .*checkpoint.safetensors$"):
+        train(tiny(tmp_path / "run", image_dir, resume=True, lr=1e6, warmup=0, max_steps=200,
+                   checkpoint_minutes=1e-9))
     assert MAX_NONFINITE_STEPS == 20
-    assert ckpt.read_bytes() == before   # the diverged weights did not replace the last good ones
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert len(log) < 3 + 40 and not np.isfinite(log[-1]["loss"])
+    assert len(log) < 3 + 40 and log[-1]["loss"] is None   # strict JSON: null, not NaN
+    model = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
+    from vaecodec.train import load_checkpoint, rd_loss
+    saved = load_checkpoint(ckpt, model)
+    if saved == 3:   # re-saved before the first update of the resumed run: the same weights
+        assert all(torch.equal(v, before[k]) for k, v in load_file(str(ckpt)).items()
+                   if k.startswith("model."))
+    assert saved >= 3
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    x = torch.from_numpy(photo_crop(64, 64)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        assert torch.isfinite(rd_loss(model, x, torch.tensor([3]), torch.autocast("cpu", enabled=False))["loss"])
+    with pytest.raises(TrainingError, match=r"and start again$"):   # a fresh run: no checkpoint
+        train(tiny(tmp_path / "fresh", image_dir, lr=1e6, warmup=0, max_steps=200))
+    assert not (tmp_path / "fresh" / "checkpoint.safetensors").exists()
 
 
 def test_learning_rate_warms_up_and_decays():

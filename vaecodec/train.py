@@ -478,7 +478,13 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         optimizer.zero_grad(set_to_none=True)
         m["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if torch.isfinite(grad_norm):   # skip the rare non-finite step instead of poisoning Adam
+        finite = bool(torch.isfinite(grad_norm))
+        if finite and rank == 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            # saved before the update, as weights just seen to give a finite loss: a diverging
+            # run never replaces its last good checkpoint
+            save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+            last_ckpt = time.time()
+        if finite:   # skip the rare non-finite step instead of poisoning Adam
             optimizer.step()
             nonfinite = 0
         else:
@@ -487,10 +493,10 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
                 if rank == 0:
                     bar.close()
                     log.close()
+                then = f"resume from {ckpt}" if ckpt.exists() else "start again"
                 raise TrainingError(
                     f"training diverged: the loss was not finite for {nonfinite} steps in a row "
-                    f"(step {step + 1}); lower --lr (this run: {cfg.lr:g}) and resume from the "
-                    f"last checkpoint")
+                    f"(step {step + 1}); lower --lr (this run: {cfg.lr:g}) and {then}")
         step += 1
         vals = {k: float(v.detach()) for k, v in m.items()}
         ema = vals if ema is None else {k: 0.98 * ema[k] + 0.02 * vals[k] for k in vals}
@@ -500,19 +506,18 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             bar.set_postfix(bpp=f"{ema['bpp']:.3f}", psnr=f"{ema['psnr']:.2f}",
                             loss=f"{ema['loss']:.3f}", sps=f"{sps:.1f}", refresh=False)
             record = {"step": step, "time": round(time.time() - start, 1),
-                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(sps, 2), **vals}
+                      "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(sps, 2),
+                      **{k: v if math.isfinite(v) else None for k, v in vals.items()}}   # JSON
             if step % cfg.val_every == 0 and val_images:
                 record["val"] = validate(model, val_images)
                 bar.write(f"step {step} validation: {json.dumps(record['val'])}")
             log.write(json.dumps(record) + "\n")
             if step % 20 == 0:
                 log.flush()
-            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60 and not nonfinite:
-                save_checkpoint(ckpt, model, optimizer, step, cfg, {})
-                last_ckpt = time.time()
     if rank == 0:
         bar.close()
-        save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+        if not nonfinite:   # after failing steps, the last checkpoint is the better one
+            save_checkpoint(ckpt, model, optimizer, step, cfg, {})
         log.close()
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
     if distributed:

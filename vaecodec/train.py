@@ -516,7 +516,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
                 log.flush()
     if rank == 0:
         bar.close()
-        if not nonfinite:   # after failing steps, the last checkpoint is the better one
+        if not nonfinite or not ckpt.exists():   # after failing steps, the last one is better
             save_checkpoint(ckpt, model, optimizer, step, cfg, {})
         log.close()
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)

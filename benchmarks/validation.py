@@ -12,8 +12,8 @@ the first folder (negative: fewer bits at the same PSNR)::
     python benchmarks/validation.py weights build/s23 --refine 30 --qualities 1,4,8
 
 One folder at all 8 qualities takes about 4.6 CPU-minutes (plain coding). Curves are cached
-(``--cache``, default ``build/validation-cache``) by the weights files' SHA-256, so the
-reference is measured once.
+(``--cache``, default ``build/validation-cache``) by the SHA-256 of the weights files and of
+the scored pixels, so the reference is measured once.
 """
 from __future__ import annotations
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import click
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from vaecodec import codec, metrics, train, weights  # noqa: E402
+from vaecodec import benchmark, codec, metrics, train, weights  # noqa: E402
 from vaecodec.imageio import read_image  # noqa: E402
 
 CACHE = Path("build/validation-cache")
@@ -39,15 +40,6 @@ def weights_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(folder.glob("*.safetensors")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def images_digest(images: list[np.ndarray]) -> str:
-    """SHA-256 over the shapes and pixels of ``images`` (hex): what was scored, whatever the
-    files are called."""
-    h = hashlib.sha256()
-    for rgb in images:
-        h.update(repr(rgb.shape).encode() + rgb.tobytes())
     return h.hexdigest()
 
 
@@ -128,7 +120,8 @@ def main(folders, data, qualities, refine, cache, no_cache):
         cache.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:   # no images, an unreadable image, a bad --cache
         raise click.ClickException(str(exc)) from None
-    scored = images_digest(images)
+    # what is scored, whatever the files are called
+    scored = " ".join(benchmark.pixel_digest(Image.fromarray(rgb)) for rgb in images)
     ref = None
     for folder in folders:
         try:

@@ -164,6 +164,7 @@ def test_learning_rate_warms_up_and_decays():
     ("crop", 100, "crop must be a positive multiple of 64"),
     ("decay_fraction", 1.5, r"decay_fraction must be in \[0, 1\]"),
     ("precision", "fp16", "precision must be auto, bf16 or fp32"),
+    ("sampling", "pixels", "sampling must be area or image"),
     ("lambdas", (0.1, 0.05), "expected 8"),
     ("lambdas", "12345678", "must be a sequence of numbers"),
     ("lambdas", (1, 2, 3, 4, 5, 6, 7, float("inf")), "positive finite"),
@@ -182,6 +183,23 @@ def test_learning_rate_warms_up_and_decays():
 def test_train_config_refuses_unusable_values(field, value, message):
     with pytest.raises(ValueError, match=f"{message}"):
         TrainConfig(**{"data": ".", field: value})
+
+
+@pytest.mark.parametrize("sampling,share", [("area", 0.75), ("image", 0.5)])
+def test_crops_are_drawn_in_proportion_to_image_area(sampling, share):
+    """A 64×192 image has 3× the pixels of a 64×64 one: with area sampling it gives 3/4 of the
+    crops (each pixel about equally likely), with per-image sampling 1/2."""
+    import random
+    from vaecodec.train import random_batch, sampling_weights
+    small = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    large = torch.full((3, 64, 192), 255, dtype=torch.uint8)
+    images = [small, large]
+    rng = random.Random(0)
+    crops = random_batch(images, 2000, 64, rng, sampling_weights(images, sampling))
+    from_large = (crops.flatten(1).mean(1) == 1.0).float().mean().item()
+    assert abs(from_large - share) < 0.04, from_large      # binomial sd 0.01
+    again = random_batch(images, 2000, 64, random.Random(0), sampling_weights(images, sampling))
+    assert torch.equal(crops, again)                        # the seed fixes the draw
 
 
 def test_train_config_accepts_its_defaults_and_normalises_lambdas():
@@ -265,7 +283,7 @@ def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):
     ("--lr", "nan"), ("--lr", "-1e-4"), ("--lr", "0"), ("--lr", "inf"),
     ("--minutes", "nan"), ("--minutes", "-5"), ("--checkpoint-minutes", "0"),
     ("--batch", "0"), ("--crop", "32"), ("--crop", "100"), ("--max-steps", "-1"),
-    ("--threads", "-2"), ("--N", "0"), ("--M", "-1"),
+    ("--threads", "-2"), ("--N", "0"), ("--M", "-1"), ("--sampling", "pixel"),
 ])
 def test_cli_refuses_a_bad_training_option_before_any_work(tmp_path, image_dir, option, value,
                                                             monkeypatch):

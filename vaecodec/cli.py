@@ -418,6 +418,10 @@ def _lambdas_option(ctx, param, value):
                    "latents of a 128² crop sit at its border; photos are mostly interior.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per step.")
+@click.option("--sampling", type=click.Choice(["area", "image"]), default="area", show_default=True,
+              help="How each crop's image is drawn. area: in proportion to its pixel count, so "
+                   "every training pixel is about equally likely; image: every image equally "
+                   "often (over-weights small images).")
 @click.option("--lr", type=_POSITIVE, default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--decay-fraction", type=_FiniteFloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")

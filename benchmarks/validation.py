@@ -5,7 +5,10 @@ the training folder, 17 of ``../shared/data/train``), never Kodak: this is the c
 before a new checkpoint may replace the shipped weights (the Kodak benchmark then reports it).
 Each image is coded whole at every quality; rate is the file's size in bits per pixel, PSNR is
 on RGB 0..255. Prints each curve (bpp / dB, averaged over the images) and its BD-rate against
-the first folder (negative: fewer bits at the same PSNR)::
+the first folder (negative: fewer bits at the same PSNR). When the held-out images come from
+several sources (the file-name prefix before the first ``_``: ``bsds500``, ``sunhays80``,
+``urban100``), an indented line per source follows: 13 of the 17 are BSDS500 JPEGs with 4:2:0
+chroma, so the mean alone says little about full-colour photos like Kodak's::
 
     vaecodec export runs/s23/checkpoint.safetensors --out build/s23
     python benchmarks/validation.py weights build/s23
@@ -45,31 +48,50 @@ def weights_digest(folder: Path) -> str:
 
 def curve(folder: Path, images: list[np.ndarray], qualities: list[int], refine: int) -> dict:
     """``{"bpp": [...], "psnr": [...]}`` per quality, each the mean over ``images``
-    (``(H, W, 3)`` uint8): bpp from the ``.vae`` bytes, PSNR in dB. Raises
+    (``(H, W, 3)`` uint8): bpp from the ``.vae`` bytes, PSNR in dB; ``"image_bpp"`` and
+    ``"image_psnr"`` hold the per-image values (one list per quality). Raises
     :class:`vaecodec.weights.WeightsError` when ``folder`` holds no usable weights."""
     from tqdm import tqdm
     model = weights.load(str(folder), refine=refine > 0)
-    bpp, psnr = [], []
+    rates, dbs = [], []
     with tqdm(total=len(qualities) * len(images), desc=str(folder), unit="file") as bar:
         for q in qualities:
-            rates, dbs = [], []
+            rates.append([])
+            dbs.append([])
             for rgb in images:
                 data = codec.compress_array(rgb, quality=q, model=model, refine=refine)
                 out = codec.decompress_array(data, model=model).rgb
-                rates.append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
-                dbs.append(metrics.psnr_rgb(rgb, out))
+                rates[-1].append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
+                dbs[-1].append(metrics.psnr_rgb(rgb, out))
                 bar.update(1)
-            bpp.append(float(np.mean(rates)))
-            psnr.append(float(np.mean(dbs)))
-    return {"bpp": bpp, "psnr": psnr}
+    return {"bpp": [float(np.mean(r)) for r in rates], "psnr": [float(np.mean(d)) for d in dbs],
+            "image_bpp": rates, "image_psnr": dbs}
 
 
-def read_cached(path: Path, count: int) -> dict | None:
-    """The curve stored at ``path``, or ``None`` when there is none or it is unusable."""
+def source_groups(files: list[Path]) -> dict[str, list[int]]:
+    """Indices of ``files`` by source, the file-name prefix before the first ``_``
+    (``bsds500_test_100007.jpg`` -> ``bsds500``; a name without ``_`` is its own source)."""
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        groups.setdefault(f.stem.split("_", 1)[0], []).append(i)
+    return groups
+
+
+def subset(result: dict, indices: list[int]) -> dict:
+    """The mean curve of ``result`` over the images at ``indices``."""
+    return {k: [float(np.mean([per_q[i] for i in indices])) for per_q in result[f"image_{k}"]]
+            for k in ("bpp", "psnr")}
+
+
+def read_cached(path: Path, count: int, images: int) -> dict | None:
+    """The curve stored at ``path`` (``count`` qualities of ``images`` images), or ``None`` when
+    there is none or it is unusable (older caches without per-image values included)."""
     try:
         result = json.loads(path.read_text())
         if all(len(result[k]) == count and all(isinstance(v, float) for v in result[k])
-               for k in ("bpp", "psnr")):
+               for k in ("bpp", "psnr")) and \
+                all(len(result[f"image_{k}"]) == count and
+                    all(len(per_q) == images for per_q in result[f"image_{k}"]) for k in ("bpp", "psnr")):
             return result
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -117,6 +139,7 @@ def main(folders, data, qualities, refine, cache, no_cache):
     try:
         files = train.split_validation(train.list_images(data))[1]
         images = [read_image(f)[0] for f in files]
+        groups = source_groups(files)
         cache.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:   # no images, an unreadable image, a bad --cache
         raise click.ClickException(str(exc)) from None
@@ -129,22 +152,30 @@ def main(folders, data, qualities, refine, cache, no_cache):
         except OSError as exc:
             raise click.ClickException(f"{folder}: {exc}") from None
         cached = cache / f"{key.hexdigest()[:24]}.json"
-        result = None if no_cache else read_cached(cached, len(qs))
+        result = None if no_cache else read_cached(cached, len(qs), len(images))
         if result is None:
             try:
                 result = curve(folder, images, qs, refine)
             except weights.WeightsError as exc:   # not an export, damaged, another model
                 raise click.ClickException(f"{folder}: {exc}") from None
             write_cached(cached, result)
-        points = " ".join(f"q{q} {b:.4f}/{p:.2f}" for q, b, p in zip(qs, result["bpp"], result["psnr"]))
         if ref is None:
             ref = result
-            click.echo(f"{folder} (reference): {points}")
-            continue
-        bd = metrics.bd_rate(ref["bpp"], ref["psnr"], result["bpp"], result["psnr"])
-        verdict = f"BD-rate vs reference {bd:+.2f} %" if np.isfinite(bd) else \
-            "no BD-rate (the PSNR ranges of the curves do not overlap)"
-        click.echo(f"{folder}: {verdict}  {points}")
+        for name, indices in [("", None)] + (list(groups.items()) if len(groups) > 1 else []):
+            mine, base = (result, ref) if indices is None else (subset(result, indices), subset(ref, indices))
+            label = str(folder) if indices is None else f"  {name} ({len(indices)} images)"
+            click.echo(line(label, mine, base, qs, result is ref))
+
+
+def line(label: str, result: dict, ref: dict, qs: list[int], is_ref: bool) -> str:
+    """One printed curve: ``label``, its points and its BD-rate against ``ref``."""
+    points = " ".join(f"q{q} {b:.4f}/{p:.2f}" for q, b, p in zip(qs, result["bpp"], result["psnr"]))
+    if is_ref:
+        return f"{label} (reference): {points}"
+    bd = metrics.bd_rate(ref["bpp"], ref["psnr"], result["bpp"], result["psnr"])
+    verdict = f"BD-rate vs reference {bd:+.2f} %" if np.isfinite(bd) else \
+        "no BD-rate (the PSNR ranges of the curves do not overlap)"
+    return f"{label}: {verdict}  {points}"
 
 
 if __name__ == "__main__":

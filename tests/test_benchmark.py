@@ -389,3 +389,19 @@ def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
         assert bad.exit_code == 2 and "Invalid value for --qualities" in bad.output, qualities
     bad = CliRunner().invoke(validation.main, [weights_dir, "--data", str(tmp_path / "cache")])
     assert bad.exit_code == 1 and bad.output.startswith("Error: no images in")
+
+
+def test_validation_groups_images_by_source_and_averages_each_group():
+    import importlib.util
+    from pathlib import Path
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "validation.py")
+    validation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validation)
+    files = [Path(n) for n in ("bsds500_test_1.jpg", "urban100_img_021.png", "bsds500_val_2.jpg", "kodim")]
+    groups = validation.source_groups(files)
+    assert groups == {"bsds500": [0, 2], "urban100": [1], "kodim": [3]}
+    result = {"image_bpp": [[0.1, 0.5, 0.3, 9.0], [1.0, 2.0, 3.0, 9.0]],
+              "image_psnr": [[20.0, 30.0, 22.0, 0.0], [30.0, 40.0, 32.0, 0.0]]}
+    assert validation.subset(result, groups["bsds500"]) == {"bpp": [pytest.approx(0.2), 2.0],
+                                                            "psnr": [21.0, 31.0]}

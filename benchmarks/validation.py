@@ -161,10 +161,10 @@ def main(folders, data, qualities, refine, cache, no_cache):
             write_cached(cached, result)
         if ref is None:
             ref = result
-        for name, indices in [("", None)] + (list(groups.items()) if len(groups) > 1 else []):
-            mine, base = (result, ref) if indices is None else (subset(result, indices), subset(ref, indices))
-            label = str(folder) if indices is None else f"  {name} ({len(indices)} images)"
-            click.echo(line(label, mine, base, qs, result is ref))
+        click.echo(line(str(folder), result, ref, qs, result is ref))
+        for name, indices in (groups.items() if len(groups) > 1 else ()):
+            click.echo(line(f"  {name} ({len(indices)} images)", subset(result, indices),
+                            subset(ref, indices), qs, result is ref))
 
 
 def line(label: str, result: dict, ref: dict, qs: list[int], is_ref: bool) -> str:

@@ -351,13 +351,20 @@ def test_cli_prints_the_head_to_head_lines(small_dataset, tmp_path):
 
 # -- benchmarks/validation.py -----------------------------------------------------------------
 
-def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
+def load_validation_script():
+    """benchmarks/validation.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from conftest import ROOT
-    from vaecodec import codec
     spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "validation.py")
     validation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(validation)
+    return validation
+
+
+def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
+    from conftest import ROOT
+    from vaecodec import codec
+    validation = load_validation_script()
     data = tmp_path / "train"
     data.mkdir()
     for i, name in enumerate(("astronaut", "coffee")):   # every 40th file: img0 is held out
@@ -392,12 +399,8 @@ def test_validation_script_scores_real_files_and_caches_by_weights(tmp_path):
 
 
 def test_validation_groups_images_by_source_and_averages_each_group():
-    import importlib.util
     from pathlib import Path
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "validation.py")
-    validation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(validation)
+    validation = load_validation_script()
     files = [Path(n) for n in ("bsds500_test_1.jpg", "urban100_img_021.png", "bsds500_val_2.jpg", "kodim")]
     groups = validation.source_groups(files)
     assert groups == {"bsds500": [0, 2], "urban100": [1], "kodim": [3]}

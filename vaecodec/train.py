@@ -164,10 +164,10 @@ def sampling_weights(images: list[torch.Tensor], sampling: str = "area") -> list
     the crops for 54 % of the pixels, and their half-resolution chroma teaches the model that
     colour detail is rare. Raises ``ValueError`` for another ``sampling``.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be area or image, got {sampling!r}")
     if sampling == "image":
         return None
-    if sampling != "area":
-        raise ValueError(f"sampling must be 'area' or 'image', got {sampling!r}")
     return list(itertools.accumulate(float(im.shape[1] * im.shape[2]) for im in images))
 
 
@@ -181,7 +181,7 @@ def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.
         if cum_weights is None:
             im = images[rng.randrange(len(images))]
         else:
-            im = images[rng.choices(range(len(images)), cum_weights=cum_weights)[0]]
+            im = rng.choices(images, cum_weights=cum_weights)[0]
         top = rng.randrange(im.shape[1] - crop + 1)
         left = rng.randrange(im.shape[2] - crop + 1)
         c = im[:, top:top + crop, left:left + crop]

@@ -108,7 +108,7 @@ class TrainConfig:
         if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"TrainConfig.sampling must be area or image, got {self.sampling!r}")
+            raise ValueError(f"TrainConfig.sampling must be {' or '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be auto, bf16 or fp32, got {self.precision!r}")
         for name in ("data", "out", "device"):
@@ -165,7 +165,7 @@ def sampling_weights(images: list[torch.Tensor], sampling: str = "area") -> list
     colour detail is rare. Raises ``ValueError`` for another ``sampling``.
     """
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be area or image, got {sampling!r}")
+        raise ValueError(f"sampling must be {' or '.join(SAMPLINGS)}, got {sampling!r}")
     if sampling == "image":
         return None
     return list(itertools.accumulate(float(im.shape[1] * im.shape[2]) for im in images))

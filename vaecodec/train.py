@@ -40,6 +40,11 @@ RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transform
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"``, for error messages that name the valid choices."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
 class TrainingError(ValueError):
     """A training run that cannot start as asked (no usable images, a checkpoint of another
     shape); the message is for the user."""
@@ -108,9 +113,9 @@ class TrainConfig:
         if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"TrainConfig.sampling must be {' or '.join(SAMPLINGS)}, got {self.sampling!r}")
+            raise ValueError(f"TrainConfig.sampling must be {_one_of(SAMPLINGS)}, got {self.sampling!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise ValueError(f"TrainConfig.precision must be {_one_of(PRECISIONS)}, got {self.precision!r}")
         for name in ("data", "out", "device"):
             value = getattr(self, name)
             if not isinstance(value, (str, os.PathLike)) or not str(value):
@@ -165,7 +170,7 @@ def sampling_weights(images: list[torch.Tensor], sampling: str = "area") -> list
     colour detail is rare. Raises ``ValueError`` for another ``sampling``.
     """
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be {' or '.join(SAMPLINGS)}, got {sampling!r}")
+        raise ValueError(f"sampling must be {_one_of(SAMPLINGS)}, got {sampling!r}")
     if sampling == "image":
         return None
     return list(itertools.accumulate(float(im.shape[1] * im.shape[2]) for im in images))
@@ -220,7 +225,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     Raises ``ValueError`` for any other value.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+        raise ValueError(f"precision must be {_one_of(PRECISIONS)}, got {precision!r}")
     native = native_bf16(device)
     if precision == "auto":
         return ("bf16", "auto: native bf16 on this device") if native else \

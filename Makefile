@@ -42,12 +42,12 @@ weights: install
 	$(BIN)/vaecodec export $(CHECKPOINT) --out weights
 	$(BIN)/python bitstream/conformance/make.py
 
-# a compact copy of the training folder (one 288² JPEG crop per image, ~10.5 MiB) to carry to a
-# borrowed GPU machine; README, "Training on a borrowed GPU"
+# a compact copy of the training folder (one 320² JPEG crop per image, ~15 MiB) to carry to a
+# borrowed GPU machine with scripts/gpu-train.sh; README, "Training on a borrowed GPU"
 TRAIN_DATA ?= ../shared/data/train
 gpu-data: install
 	rm -rf .gpu/data
-	$(BIN)/python -m vaecodec.datapack $(TRAIN_DATA) .gpu/data --quality 60 --max-mib 11
+	$(BIN)/python -m vaecodec.datapack $(TRAIN_DATA) .gpu/data --side 320 --quality 70 --max-mib 16
 
 clean:
 	rm -rf build $(DEMO) .pytest_cache

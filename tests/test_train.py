@@ -415,3 +415,37 @@ def test_train_runs_the_installed_package_whatever_the_working_directory(tmp_pat
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "shadow" not in r.stderr + r.stdout, r.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.skipif(not all(map(__import__("shutil").which, ("bash", "timeout", "gzip"))),
+                    reason="needs bash, timeout and gzip")
+def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
+    """scripts/gpu-train.sh, run on the CPU for a few seconds as it would run on a borrowed GPU
+    machine: from weights/ and .gpu/data, with constriction missing; the export it returns must
+    be complete, loadable and past the shipped weights' step."""
+    import gzip
+    work = tmp_path / "checkout"   # what travels: the package, the weights, the packed data
+    (work / ".gpu" / "data").mkdir(parents=True)
+    for name in ("vaecodec", "weights"):
+        (work / name).symlink_to(ROOT / name)
+    for i in range(3):
+        Image.fromarray(photo_crop(288, 320, seed=11 * i)).save(work / ".gpu" / "data" / f"img{i}.jpg")
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "constriction.py").write_text("raise ImportError('constriction is not installed')\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, DEV="cpu", MIN="0.05", BATCH="1",
+               RUN=str(tmp_path / "run"), EXTRA_PATH=str(block))
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted(p.name for p in (out / "weights").iterdir())
+    assert files == sorted(["analysis.safetensors", "context.safetensors", "hyper.safetensors",
+                            "spatial.safetensors", "synthesis.safetensors", "training.safetensors"])
+    assert all((out / "weights" / f).stat().st_size < 16 * 2**20 for f in files)
+    _, shipped_step = weights.load_float_model(ROOT / "weights")
+    _, step = weights.load_float_model(out / "weights")
+    log = [json.loads(l) for l in gzip.decompress((out / "log.jsonl.gz").read_bytes()).splitlines()]
+    assert step == log[-1]["step"] > shipped_step
+    assert "first try left no checkpoint" not in (out / "train.txt").read_text()

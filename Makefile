@@ -47,7 +47,7 @@ weights: install
 TRAIN_DATA ?= ../shared/data/train
 gpu-data: install
 	rm -rf .gpu/data
-	$(BIN)/python -m vaecodec.datapack $(TRAIN_DATA) .gpu/data --side 320 --quality 70 --max-mib 16
+	$(BIN)/python -m vaecodec.datapack $(TRAIN_DATA) .gpu/data
 
 clean:
 	rm -rf build $(DEMO) .pytest_cache

@@ -417,14 +417,11 @@ def test_train_runs_the_installed_package_whatever_the_working_directory(tmp_pat
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 
-@pytest.mark.skipif(not all(map(__import__("shutil").which, ("bash", "timeout", "gzip"))),
-                    reason="needs bash, timeout and gzip")
-def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
-    """scripts/gpu-train.sh, run on the CPU for a few seconds as it would run on a borrowed GPU
-    machine: from weights/ and .gpu/data, with constriction missing; the export it returns must
-    be complete, loadable and past the shipped weights' step."""
-    import gzip
-    work = tmp_path / "checkout"   # what travels: the package, the weights, the packed data
+
+def run_gpu_script(tmp_path, **settings):
+    """scripts/gpu-train.sh run on the CPU as it would run on a borrowed GPU machine: from a
+    checkout holding the package, weights/ and .gpu/data, with constriction missing."""
+    work = tmp_path / "checkout"
     (work / ".gpu" / "data").mkdir(parents=True)
     for name in ("vaecodec", "weights"):
         (work / name).symlink_to(ROOT / name)
@@ -435,11 +432,15 @@ def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
     (block / "constriction.py").write_text("raise ImportError('constriction is not installed')\n")
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, OUT=str(out), PY=sys.executable, DEV="cpu", MIN="0.05", BATCH="1",
-               RUN=str(tmp_path / "run"), EXTRA_PATH=str(block))
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable, "DEV": "cpu", "BATCH": "1",
+           "SLACK": "240", "RUN": str(tmp_path / "run"), "EXTRA_PATH": str(block), **settings}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600), out
+
+
+def check_gpu_export(out):
+    """The export the script brings back is complete, loadable and past the shipped step."""
+    import gzip
     files = sorted(p.name for p in (out / "weights").iterdir())
     assert files == sorted(["analysis.safetensors", "context.safetensors", "hyper.safetensors",
                             "spatial.safetensors", "synthesis.safetensors", "training.safetensors"])
@@ -448,4 +449,42 @@ def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
     _, step = weights.load_float_model(out / "weights")
     log = [json.loads(l) for l in gzip.decompress((out / "log.jsonl.gz").read_bytes()).splitlines()]
     assert step == log[-1]["step"] > shipped_step
-    assert "first try left no checkpoint" not in (out / "train.txt").read_text()
+
+
+needs_shell = pytest.mark.skipif(not all(map(__import__("shutil").which, ("bash", "timeout", "gzip", "awk"))),
+                                 reason="needs bash, timeout, gzip and awk")
+
+
+@needs_shell
+def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
+    r, out = run_gpu_script(tmp_path, MIN="0.05")
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_gpu_export(out)
+    assert "first try" not in (out / "train.txt").read_text()
+
+
+@needs_shell
+def test_gpu_script_retries_in_fp32_after_a_crash_at_start(tmp_path):
+    # a python that crashes every training run that is not fp32, as a broken bf16 path would
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/bash
+if [ "$3" = train ] && [[ " $* " != *" --precision fp32 "* ]]; then echo "simulated crash" >&2; exit 3; fi
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    r, out = run_gpu_script(tmp_path, MIN="0.8", PY=str(fake))
+    assert r.returncode == 0, r.stdout + r.stderr
+    console = (out / "train.txt").read_text()
+    assert "first try (status 3) left no checkpoint" in console and "again in fp32" in console
+    check_gpu_export(out)
+
+
+@needs_shell
+def test_gpu_script_needs_out_and_the_packed_data(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "OUT must name" in r.stderr
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=tmp_path,
+                       env=dict(env, OUT=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "run from the repository root" in r.stderr

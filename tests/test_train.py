@@ -1,6 +1,7 @@
 """Trainer: a few real steps on a tiny model, resume, export with fresh tables, DDP (gloo, 2 procs)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -417,6 +418,8 @@ def test_train_runs_the_installed_package_whatever_the_working_directory(tmp_pat
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 
+GPU_SCRIPT = ROOT / "scripts" / "gpu-train.sh"
+
 
 def run_gpu_script(tmp_path, **settings):
     """scripts/gpu-train.sh run on the CPU as it would run on a borrowed GPU machine: from a
@@ -434,37 +437,41 @@ def run_gpu_script(tmp_path, **settings):
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "PY": sys.executable, "DEV": "cpu", "BATCH": "1",
            "SLACK": "240", "RUN": str(tmp_path / "run"), "EXTRA_PATH": str(block), **settings}
-    return subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=600), out
+    return subprocess.run(["bash", str(GPU_SCRIPT)], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600), out
 
 
-def check_gpu_export(out):
+@pytest.fixture(scope="module")
+def shipped_step():
+    return weights.load_float_model(ROOT / "weights")[1]
+
+
+def check_gpu_export(out, shipped_step):
     """The export the script brings back is complete, loadable and past the shipped step."""
     import gzip
     files = sorted(p.name for p in (out / "weights").iterdir())
-    assert files == sorted(["analysis.safetensors", "context.safetensors", "hyper.safetensors",
-                            "spatial.safetensors", "synthesis.safetensors", "training.safetensors"])
+    assert files == sorted([weights.ANALYSIS_FILE, weights.CONTEXT_FILE, weights.HYPER_FILE,
+                            weights.SPATIAL_FILE, weights.SYNTHESIS_FILE, weights.TRAINING_FILE])
     assert all((out / "weights" / f).stat().st_size < 16 * 2**20 for f in files)
-    _, shipped_step = weights.load_float_model(ROOT / "weights")
     _, step = weights.load_float_model(out / "weights")
     log = [json.loads(l) for l in gzip.decompress((out / "log.jsonl.gz").read_bytes()).splitlines()]
     assert step == log[-1]["step"] > shipped_step
 
 
-needs_shell = pytest.mark.skipif(not all(map(__import__("shutil").which, ("bash", "timeout", "gzip", "awk"))),
+needs_shell = pytest.mark.skipif(not all(map(shutil.which, ("bash", "timeout", "gzip", "awk"))),
                                  reason="needs bash, timeout, gzip and awk")
 
 
 @needs_shell
-def test_gpu_script_trains_and_exports_without_constriction(tmp_path):
+def test_gpu_script_trains_and_exports_without_constriction(tmp_path, shipped_step):
     r, out = run_gpu_script(tmp_path, MIN="0.05")
     assert r.returncode == 0, r.stdout + r.stderr
-    check_gpu_export(out)
+    check_gpu_export(out, shipped_step)
     assert "first try" not in (out / "train.txt").read_text()
 
 
 @needs_shell
-def test_gpu_script_retries_in_fp32_after_a_crash_at_start(tmp_path):
+def test_gpu_script_retries_in_fp32_after_a_crash_at_start(tmp_path, shipped_step):
     # a python that crashes every training run that is not fp32, as a broken bf16 path would
     fake = tmp_path / "python"
     fake.write_text(f"""#!/bin/bash
@@ -476,15 +483,15 @@ exec {sys.executable} "$@"
     assert r.returncode == 0, r.stdout + r.stderr
     console = (out / "train.txt").read_text()
     assert "first try (status 3) left no checkpoint" in console and "again in fp32" in console
-    check_gpu_export(out)
+    check_gpu_export(out, shipped_step)
 
 
 @needs_shell
 def test_gpu_script_needs_out_and_the_packed_data(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=tmp_path, env=env,
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "OUT must name" in r.stderr
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-train.sh")], cwd=tmp_path,
-                       env=dict(env, OUT=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["bash", str(GPU_SCRIPT)], cwd=tmp_path, env=dict(env, OUT=str(tmp_path)),
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "run from the repository root" in r.stderr

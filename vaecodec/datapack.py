@@ -22,10 +22,12 @@ from PIL import Image
 from .train import list_images
 
 MIB = 2**20
+# defaults: all 680 images of ../shared/data/train in about 15 MiB
+SIDE, QUALITY, MAX_MIB = 320, 70, 16
 
 
-def pack(src: str | Path, dst: str | Path, side: int = 320, quality: int = 70,
-         max_bytes: int = 16 * MIB, seed: int = 0, progress=None) -> tuple[int, int]:
+def pack(src: str | Path, dst: str | Path, side: int = SIDE, quality: int = QUALITY,
+         max_bytes: int = MAX_MIB * MIB, seed: int = 0, progress=None) -> tuple[int, int]:
     """Write one ``side`` x ``side`` crop (smaller images: as large as they allow) of every image
     in ``src`` to ``dst/<stem>.jpg`` (JPEG ``quality``, no chroma subsampling).
 
@@ -67,11 +69,11 @@ def pack(src: str | Path, dst: str | Path, side: int = 320, quality: int = 70,
 @click.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--side", type=click.IntRange(min=1), default=320, show_default=True,
+@click.option("--side", type=click.IntRange(min=1), default=SIDE, show_default=True,
               help="Crop side in pixels (at least the training crop, 256).")
-@click.option("--quality", type=click.IntRange(50, 100), default=70, show_default=True,
+@click.option("--quality", type=click.IntRange(50, 100), default=QUALITY, show_default=True,
               help="JPEG quality (4:4:4).")
-@click.option("--max-mib", type=float, default=16.0, show_default=True,
+@click.option("--max-mib", type=float, default=float(MAX_MIB), show_default=True,
               help="Refuse to write more than this many MiB.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the crop positions.")
 def main(src, dst, side, quality, max_mib, seed):

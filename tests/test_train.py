@@ -452,7 +452,7 @@ def check_gpu_export(out, shipped_step):
     files = sorted(p.name for p in (out / "weights").iterdir())
     assert files == sorted([weights.ANALYSIS_FILE, weights.CONTEXT_FILE, weights.HYPER_FILE,
                             weights.SPATIAL_FILE, weights.SYNTHESIS_FILE, weights.TRAINING_FILE])
-    assert all((out / "weights" / f).stat().st_size < 16 * 2**20 for f in files)
+    assert all((out / "weights" / f).stat().st_size < weights.MAX_FILE_BYTES for f in files)
     _, step = weights.load_float_model(out / "weights")
     log = [json.loads(l) for l in gzip.decompress((out / "log.jsonl.gz").read_bytes()).splitlines()]
     assert step == log[-1]["step"] > shipped_step

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export GLIBC_TUNABLES := glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 DEMO   := build/demo
 
-.PHONY: install demo test benchmark weights gpu-data clean
+.PHONY: install demo test benchmark release training-state gpu-data clean
 
 install: $(VENV)/.installed
 
@@ -36,11 +36,17 @@ benchmark: install
 	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak --jobs 2 \
 	    --codecs vaecodec,vaecodec-refine,jpeg,webp,avif,jpegxl,jpeg2000
 
-# ship a training checkpoint: export (fresh entropy tables) and regenerate the conformance files
+# make a checkpoint a model release (README, "Releases"): export, beat the newest release by
+# >= 1 % BD-rate on the validation split, weights/<ID>/, conformance files, version bump
 CHECKPOINT ?= runs/main/checkpoint.safetensors
-weights: install
-	$(BIN)/vaecodec export $(CHECKPOINT) --out weights
-	$(BIN)/python bitstream/conformance/make.py
+release: install
+	$(BIN)/python scripts/release.py $(CHECKPOINT)
+	$(BIN)/pip install --quiet --no-deps -e .   # the package's version follows pyproject.toml
+
+# the one compact file of training state kept in git between releases (bfloat16, ~15 MiB);
+# `vaecodec train --init weights/training-state.safetensors` continues from it
+training-state: install
+	$(BIN)/vaecodec export $(CHECKPOINT) --state weights/training-state.safetensors
 
 # a compact copy of the training folder (one 320² JPEG crop per image, ~15 MiB) to carry to a
 # borrowed GPU machine with scripts/gpu-train.sh; README, "Training on a borrowed GPU"

@@ -38,10 +38,11 @@ CACHE = Path("build/validation-cache")
 
 
 def weights_digest(folder: Path) -> str:
-    """SHA-256 over the names and bytes of ``folder``'s ``*.safetensors`` files (hex). Raises
-    ``OSError`` when one cannot be read."""
+    """SHA-256 over the names and bytes of the ``*.safetensors`` files of the export ``folder``
+    names (a folder of releases names its newest, :func:`vaecodec.weights.resolve`), as hex.
+    Raises ``OSError`` when one cannot be read."""
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(weights.resolve(folder).glob("*.safetensors")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
@@ -137,34 +138,49 @@ def main(folders, data, qualities, refine, cache, no_cache):
     """Score weights FOLDERS on the validation split; BD-rate against the first folder."""
     qs = parse_qualities(qualities)
     try:
-        files = train.split_validation(train.list_images(data))[1]
-        images = [read_image(f)[0] for f in files]
+        files, images = validation_images(data)
         groups = source_groups(files)
         cache.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:   # no images, an unreadable image, a bad --cache
         raise click.ClickException(str(exc)) from None
-    # what is scored, whatever the files are called
-    scored = " ".join(benchmark.pixel_digest(Image.fromarray(rgb)) for rgb in images)
     ref = None
     for folder in folders:
-        try:
-            key = hashlib.sha256(f"{weights_digest(folder)} {scored} {refine} {qs}".encode())
-        except OSError as exc:
-            raise click.ClickException(f"{folder}: {exc}") from None
-        cached = cache / f"{key.hexdigest()[:24]}.json"
-        result = None if no_cache else read_cached(cached, len(qs), len(images))
-        if result is None:
-            try:
-                result = curve(folder, images, qs, refine)
-            except weights.WeightsError as exc:   # not an export, damaged, another model
-                raise click.ClickException(f"{folder}: {exc}") from None
-            write_cached(cached, result)
+        result = score(folder, images, qs, refine, cache, no_cache)
         if ref is None:
             ref = result
         click.echo(line(str(folder), result, ref, qs, result is ref))
         for name, indices in (groups.items() if len(groups) > 1 else ()):
             click.echo(line(f"  {name} ({len(indices)} images)", subset(result, indices),
                             subset(ref, indices), qs, result is ref))
+
+
+def score(folder: Path, images: list[np.ndarray], qs: list[int], refine: int, cache: Path,
+          no_cache: bool = False) -> dict:
+    """:func:`curve` of ``folder``, read from the ``cache`` folder when it holds one for the
+    same weights and pixels and written there otherwise. Raises ``click.ClickException`` for
+    weights that cannot be read or used."""
+    # what is scored, whatever the files are called
+    scored = " ".join(benchmark.pixel_digest(Image.fromarray(rgb)) for rgb in images)
+    try:
+        key = hashlib.sha256(f"{weights_digest(folder)} {scored} {refine} {qs}".encode())
+    except OSError as exc:
+        raise click.ClickException(f"{folder}: {exc}") from None
+    cached = cache / f"{key.hexdigest()[:24]}.json"
+    result = None if no_cache else read_cached(cached, len(qs), len(images))
+    if result is None:
+        try:
+            result = curve(folder, images, qs, refine)
+        except weights.WeightsError as exc:   # not an export, damaged, another model
+            raise click.ClickException(f"{folder}: {exc}") from None
+        write_cached(cached, result)
+    return result
+
+
+def validation_images(data) -> tuple[list[Path], list[np.ndarray]]:
+    """The held-out validation files of the training folder ``data`` and their pixels
+    (``(H, W, 3)`` uint8). Raises ``OSError``/``ValueError`` for no or unreadable images."""
+    files = train.split_validation(train.list_images(data))[1]
+    return files, [read_image(f)[0] for f in files]
 
 
 def line(label: str, result: dict, ref: dict, qs: list[int], is_ref: bool) -> str:

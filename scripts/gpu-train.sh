@@ -1,6 +1,6 @@
 #!/bin/bash
-# One training run on a borrowed GPU (README, "Training on a borrowed GPU"), from weights/ and the
-# compact training folder .gpu/data (`make gpu-data`, carried). Run there as `bash scripts/gpu-train.sh`.
+# One training run on a CUDA machine (README, "Training on a GPU"), from the newest release in
+# weights/ and the compact training folder .gpu/data (`make gpu-data`). Run as `bash scripts/gpu-train.sh`.
 # Returns through $OUT: weights/ (the exported model, six files under 16 MiB), train.txt (console,
 # every 4th progress line), log.jsonl.gz. Training and export need no constriction.
 # Run it from the repository root. Settings (environment): MIN minutes of training (7, fractions
@@ -12,8 +12,8 @@
 # Dry run on the CPU, with constriction hidden as on the GPU machine:
 #   mkdir -p /tmp/block /tmp/out && echo 'raise ImportError' > /tmp/block/constriction.py
 #   OUT=/tmp/out PY=.venv/bin/python DEV=cpu MIN=1 BATCH=2 EXTRA_PATH=/tmp/block bash scripts/gpu-train.sh
-# Session 31 (H200, torch 2.11, SEED=31): 6,430 steps of 32 crops in 7 minutes, ~490 crops/s (38x the
-# 2-core CPU's 12.8), 15-17 steps/s; whether a larger batch gives more crops/s is not measured.
+# Measured once on an H200 (torch 2.11, SEED=31): 6,430 steps of 32 crops in 7 minutes, ~490 crops/s
+# (38x a 2-core CPU's 12.8), 15-17 steps/s; whether a larger batch gives more crops/s is not measured.
 set -u -o pipefail
 : "${OUT:?OUT must name the folder whose files come back}"
 [ -d .gpu/data ] && [ -d weights ] && [ -d vaecodec ] || { echo "run from the repository root, with .gpu/data (make gpu-data)" >&2; exit 1; }

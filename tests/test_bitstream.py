@@ -28,6 +28,8 @@ _U32 = 0xFFFFFFFF
 OFF_VERSION, OFF_FLAGS, OFF_FP, OFF_QUALITY = 4, 5, 6, 14
 OFF_HEIGHT, OFF_WIDTH, OFF_MODE, OFF_TILE, OFF_OVERLAP, OFF_M, OFF_N, OFF_NSEC = (
     16, 20, 24, 25, 27, 29, 31, 33)
+OFF_RELEASE = 34      # format 2: release ID length, then the ID
+END = 35              # end of the header of a file naming no release
 
 
 def header(**kw) -> Header:
@@ -107,11 +109,46 @@ def test_round_trip(c):
 
 def test_minimal_file_layout():
     data = pack(Container(header=header(), tiles=()))
-    assert len(data) == MIN_FILE_SIZE == 42
-    expected_body = (b"VAEC" + bytes([1, 0]) + FP + struct.pack(">HIIBHHHHB", 4500, 100, 70, 0, 0,
+    assert len(data) == MIN_FILE_SIZE + 1 == 43
+    expected_body = (b"VAEC" + bytes([2, 0]) + FP + struct.pack(">HIIBHHHHB", 4500, 100, 70, 0, 0,
                                                                  0, 192, 128, 0)
-                     + struct.pack(">I", 0))
+                     + b"\x00" + struct.pack(">I", 0))
     assert data == with_crc(expected_body)
+
+
+def test_release_id_layout_and_round_trip():
+    c = Container(header=header(release="2026.12"), tiles=(tile(),))
+    data = pack(c)
+    assert data[OFF_RELEASE] == 7 and data[OFF_RELEASE + 1:OFF_RELEASE + 8] == b"2026.12"
+    assert unpack(data) == c and peek_header(data).release == "2026.12"
+    assert bs.read_file(io.BytesIO(data + b"next")) == data
+
+
+def test_format_1_files_are_read_with_no_release():
+    """Format 1 (vaecodec 0.1.0): the same header without the release ID; 42 bytes at least."""
+    body = (b"VAEC" + bytes([1, 0]) + FP + struct.pack(">HIIBHHHHB", 4500, 100, 70, 0, 0, 0, 192, 128, 0)
+            + struct.pack(">I", 0))
+    data = with_crc(body)
+    assert len(data) == MIN_FILE_SIZE == 42
+    assert unpack(data) == Container(header=header(), tiles=())
+    assert bs.read_file(io.BytesIO(data + b"x")) == data
+
+
+@pytest.mark.parametrize("release", ["2026 12", "é", "a/b", "x" * 33, 7])
+def test_invalid_release_ids_refused(release):
+    with pytest.raises(BitstreamError, match="release ID"):
+        pack(Container(header=header(release=release), tiles=()))
+    if isinstance(release, str) and release.isascii():   # as written by someone else
+        raw = release.encode()
+        body = bytearray(pack(Container(header=header(), tiles=()))[:-4])
+        body[OFF_RELEASE:OFF_RELEASE + 1] = bytes([len(raw)]) + raw
+        refused(with_crc(bytes(body)), "release ID")
+
+
+def test_release_id_cut_short_is_truncated():
+    data = pack(Container(header=header(release="2026.12"), tiles=()))
+    body = data[:OFF_RELEASE + 4]
+    refused(with_crc(body), "truncated")
 
 
 def test_layout_with_section_and_tile():
@@ -121,7 +158,7 @@ def test_layout_with_section_and_tile():
     data = pack(c)
     body = data[:-4]
     assert body[OFF_MODE] == 2 and body[OFF_NSEC] == 1
-    rest = body[34:]
+    rest = body[END:]
     assert rest == (b"\x02" + struct.pack(">I", 5) + b"alpha" + struct.pack(">I", 1)
                     + struct.pack(">HHHHIII", 3, 4, 1, 2, 1, 2, 3) + b"Z" + b"YY" + b"EEE")
 
@@ -232,8 +269,8 @@ def test_read_file_stays_bounded_on_endless_streams():
     assert bs.read_file(stream) == data and stream.served == len(data)
     assert unpack(data) == SMALL
     # a valid header, then endless zeros: every length reads as 0, tile count too
-    stream = Endless(data[:34])
-    assert len(bs.read_file(stream)) == 34 + 4 + 4
+    stream = Endless(data[:END])
+    assert len(bs.read_file(stream)) == END + 4 + 4
     # an endless repetition of magic and version: its header fields are garbage, read no further
     stream = Endless(b"", fill=MAGIC + b"\x01")
     with pytest.raises(BitstreamError, match="format features"):   # flags byte "V"
@@ -242,12 +279,12 @@ def test_read_file_stays_bounded_on_endless_streams():
     with pytest.raises(BitstreamError, match="not a vaecodec file"):
         bs.read_file(Endless(b"", fill=b"\x00"))
     with pytest.raises(BitstreamError, match="newer vaecodec"):
-        bs.read_file(Endless(MAGIC + b"\x02"))
+        bs.read_file(Endless(MAGIC + b"\x03"))
 
 
 def test_read_file_refuses_lengths_beyond_what_the_image_can_hold():
     # the 100x70 header of SMALL, a million tiles, the first declaring three 4 GiB streams
-    head = pack(SMALL)[:34]
+    head = pack(SMALL)[:END]
     crafted = head + struct.pack(">I", 1_000_000) + struct.pack(">HHHHIII", 8, 8, 2, 2, *[_U32] * 3)
     stream = Endless(crafted, fill=b"y\n")
     with pytest.raises(BitstreamError, match="more data than a 70x100 image can hold"):
@@ -333,7 +370,7 @@ def test_refusal_order_and_messages():
     refused(b"XAEC" + data[4:], "not a vaecodec file (bad magic bytes)")
     # newer version wins over a bad CRC
     newer = bytearray(data)
-    newer[OFF_VERSION] = 2
+    newer[OFF_VERSION] = 3
     newer[-1] ^= 0xFF
     refused(bytes(newer), "made by a newer vaecodec")
     corrupted = bytearray(data)
@@ -341,11 +378,11 @@ def test_refusal_order_and_messages():
     assert refused(bytes(corrupted)) == "file is corrupted or truncated (checksum mismatch)"
 
 
-@pytest.mark.parametrize("version", [2, 7, 255])
+@pytest.mark.parametrize("version", [3, 7, 255])
 def test_newer_version_refused(version):
     bad = patch(pack(SMALL), OFF_VERSION, ">B", version)
     msg = refused(bad)
-    assert msg == (f"made by a newer vaecodec (format version {version}, this one reads up to 1);"
+    assert msg == (f"made by a newer vaecodec (format version {version}, this one reads up to 2);"
                    " upgrade vaecodec")
     with pytest.raises(BitstreamError, match="newer"):
         peek_header(bad)
@@ -433,18 +470,18 @@ def test_missing_section_refused():
 def test_bad_sections_refused():
     base = Container(header=header(mode="RGBA"), tiles=(), sections=(Section(1, b"x"),))
     for kind in (0, 4, 255):
-        bad = patch(pack(base), 34, ">B", kind)
+        bad = patch(pack(base), END, ">B", kind)
         refused(bad, "unknown section kind")
     dup = Container(header=header(mode="RGBA"), tiles=(),
                     sections=(Section(1, b"x"), Section(2, b"y")))
-    refused(patch(pack(dup), 34 + 6, ">B", 1), "more than once")
+    refused(patch(pack(dup), END + 6, ">B", 1), "more than once")
     alpha = Container(header=header(mode="RGBA"), tiles=(), sections=(Section(2, b"a"),))
     refused(patch(pack(alpha), OFF_MODE, ">B", 0), "alpha")
 
 
 def test_zero_latent_shape_refused():
     body = bytearray(pack(SMALL)[:-4])
-    struct.pack_into(">H", body, 38, 0)
+    struct.pack_into(">H", body, END + 4, 0)
     refused(with_crc(bytes(body)), "y shape height")
 
 

@@ -361,7 +361,7 @@ def test_file_from_other_weights_is_refused(photo_vae, tmp_path):
     fingerprint = data[FINGERPRINT_AT:FINGERPRINT_AT + 8]
     other = bytes(b ^ 0x5A for b in fingerprint)
     _refuse_patched(tmp_path, patched(data, FINGERPRINT_AT, ">8s", other),
-                    "other model weights", other.hex())
+                    "names model release", other.hex())
     # info only reads the header; it shows the fingerprint instead of refusing
     result = cli("info", tmp_path / "patched.vae")
     assert result.exit_code == 0 and other.hex() in result.stdout

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 from conftest import ROOT
 
 
@@ -24,6 +26,7 @@ def test_wheel_installs_weights_as_package_data(tmp_path):
                          cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     where, fp = out.stdout.split()
-    assert where.startswith(str(target)) and where.endswith("pretrained")
+    assert where.startswith(str(target)) and Path(where).parent.name == "pretrained"
+    assert (Path(where) / "release.json").is_file()
     from vaecodec.codec import get_model
     assert fp == get_model().coding.fingerprint.hex()

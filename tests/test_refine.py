@@ -97,13 +97,13 @@ def test_refine_needs_the_float_entropy_model_and_a_valid_step_count():
 
 def test_load_for_refinement_needs_the_training_file_of_the_same_export(tmp_path):
     d = tmp_path / "w"
-    shutil.copytree(ROOT / "weights", d)
+    shutil.copytree(weights.default_weights_dir(), d)
     (d / weights.TRAINING_FILE).unlink()
     weights.load(d)                               # plain encoding does not need it
     with pytest.raises(weights.WeightsError, match="not found"):
         weights.load(d, refine=True)
     # a training file of another export is refused
-    src = weights.load_float_model(ROOT / "weights")[0]
+    src = weights.load_float_model(weights.default_weights_dir())[0]
     other = tmp_path / "other"
     torch.manual_seed(0)
     with torch.no_grad():

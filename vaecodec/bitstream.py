@@ -1,7 +1,8 @@
-"""The ``.vae`` file container, format version 1.
+"""The ``.vae`` file container, format version 2 (version 1 files are read too).
 
-A ``.vae`` file holds one image compressed by vaecodec: a fixed header (image size and mode,
-quality, tiling, latent geometry, and a fingerprint of the model weights that made it), optional
+A ``.vae`` file holds one image compressed by vaecodec: a header (image size and mode, quality,
+tiling, latent geometry, the ID of the model release that made it and the fingerprint of its
+weights), optional
 side-data sections (ICC profile, alpha plane, EXIF), the entropy-coded latent streams of every
 tile, and a CRC-32 over all of it. The byte layout is specified in ``bitstream/SPEC.md``.
 
@@ -22,15 +23,17 @@ import zlib
 from dataclasses import dataclass
 
 __all__ = [
-    "MAGIC", "VERSION", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
+    "MAGIC", "VERSION", "RELEASE_ID_MAX", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
     "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS", "ALPHA_MODES",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
     "pack", "unpack", "peek_header", "read_file", "stream_limit", "tile_starts", "size_problem",
-    "check_magic",
+    "check_magic", "release_id_problem",
 ]
 
 MAGIC = b"VAEC"
-VERSION = 1
+VERSION = 2               # written; every version from 1 up to this one is read
+RELEASE_ID_MAX = 32       # bytes of a release ID (SPEC.md, "Release")
+_RELEASE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
 
 MAX_PIXELS = 1 << 30      # height * width above this is refused before anything is allocated
 MAX_SIDE = 1 << 17        # height or width above this is refused
@@ -54,8 +57,10 @@ _SECTION = struct.Struct(">BI")          # kind, length
 _COUNT = struct.Struct(">I")             # tile count
 _TILE = struct.Struct(">HHHHIII")        # y h, y w, z h, z w, len(z), len(y), len(escapes)
 _CRC = struct.Struct(">I")
+_RELEASE_LEN = struct.Struct(">B")       # version 2: release ID length, then the ID (ASCII)
 
-#: Size in bytes of the smallest possible file (no sections, no tiles): 42.
+#: Size in bytes of the smallest possible file (format version 1, no sections, no tiles): 42.
+#: A version 2 file is at least one byte longer (its release ID length).
 MIN_FILE_SIZE = _HEADER.size + _COUNT.size + _CRC.size
 
 
@@ -125,6 +130,10 @@ class Header:
             tile_size``; must be 0 when ``tile_size`` is 0.
         latent_channels: M, the number of channels of ``y``, 1..65535 (e.g. 192).
         hyper_channels: N, the number of channels of ``z``, 1..65535 (e.g. 128).
+        release: the ID of the model release that made the file (e.g. ``"2026.12"``), 0 to
+            :data:`RELEASE_ID_MAX` ASCII letters, digits, ``.``, ``_`` or ``-``; ``""`` for
+            weights that are no release (a training export) and for every format version 1
+            file, whose fingerprint alone names its weights.
     """
 
     fingerprint: bytes
@@ -136,6 +145,7 @@ class Header:
     tile_overlap: int
     latent_channels: int
     hyper_channels: int
+    release: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,19 @@ def size_problem(height, width) -> str | None:
     return None
 
 
+def release_id_problem(release) -> str | None:
+    """Why ``release`` cannot be a release ID in a ``.vae`` file (SPEC.md, "Release"), as a
+    one-line message, or None if it can: a ``str`` of at most :data:`RELEASE_ID_MAX` ASCII
+    letters, digits, ``.``, ``_`` and ``-`` (``""``: no release)."""
+    if not isinstance(release, str):
+        return f"release ID must be a string, got {release!r}"
+    if len(release) > RELEASE_ID_MAX:
+        return f"release ID {release!r} is longer than {RELEASE_ID_MAX} characters"
+    if not set(release) <= _RELEASE_CHARS:
+        return f"release ID {release!r} may hold only ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
 def check_magic(head: bytes) -> None:
     """Refuse a file whose first 4 bytes ``head`` are not :data:`MAGIC`; lets a caller refuse a
     wrong file before reading all of it. Raises :class:`BitstreamError`."""
@@ -225,7 +248,8 @@ def _header_problem(h: Header) -> str | None:
     if h.tile_size and h.tile_overlap >= h.tile_size:
         return f"tile overlap {h.tile_overlap} is not smaller than the tile size {h.tile_size}"
     return (_int_in("latent channels (M)", h.latent_channels, 1, _U16)
-            or _int_in("hyper-latent channels (N)", h.hyper_channels, 1, _U16))
+            or _int_in("hyper-latent channels (N)", h.hyper_channels, 1, _U16)
+            or release_id_problem(h.release))
 
 
 def _sections_problem(sections, mode: str) -> str | None:
@@ -304,10 +328,12 @@ def pack(c: Container) -> bytes:
         if problem:
             refuse(problem)
 
+    release = h.release.encode("ascii")
     out = bytearray(_HEADER.pack(
         MAGIC, VERSION, 0, bytes(h.fingerprint), h.quality_milli, h.height, h.width,
         MODES.index(h.mode), h.tile_size, h.tile_overlap, h.latent_channels, h.hyper_channels,
         len(sections)))
+    out += bytes([len(release)]) + release
     for s in sections:
         out += _SECTION.pack(s.kind, len(s.data))
         out += s.data
@@ -386,10 +412,21 @@ def _appended(view: memoryview) -> str:
     return ""
 
 
-def _parse_header(view: memoryview) -> tuple[Header, int, int]:
-    """Parse and validate the fixed header. Returns (header, section count, offset after it)."""
-    (_magic, _version, flags, fingerprint, quality_milli, height, width, mode_code, tile_size,
+def _parse_header(view: memoryview, end: int | None = None) -> tuple[Header, int, int]:
+    """Parse and validate the header (the fixed part, then in version 2 the release ID).
+    Returns (header, section count, offset after it). ``view`` holds at least the fixed part;
+    a release ID reaching past ``end`` (default: the end of ``view``) is refused as
+    truncated."""
+    (_magic, version, flags, fingerprint, quality_milli, height, width, mode_code, tile_size,
      tile_overlap, m, n, n_sections) = _HEADER.unpack(view[:_HEADER.size])
+    release = ""
+    if version >= 2:
+        r = _Reader(view, _HEADER.size, len(view) if end is None else end)
+        (length,) = r.read(_RELEASE_LEN, "release ID length")
+        raw = bytes(r.take(length, "release ID"))
+        if not set(raw.decode("latin-1")) <= _RELEASE_CHARS or length > RELEASE_ID_MAX:
+            raise _invalid(f"release ID {raw!r} is not a valid release ID")
+        release = raw.decode("ascii")
     if flags:
         raise BitstreamError(
             f"file uses format features this vaecodec does not know (flags 0x{flags:02x}); "
@@ -398,11 +435,12 @@ def _parse_header(view: memoryview) -> tuple[Header, int, int]:
         raise _invalid(f"unknown image mode code {mode_code}")
     header = Header(fingerprint=fingerprint, quality_milli=quality_milli, height=height,
                     width=width, mode=MODES[mode_code], tile_size=tile_size,
-                    tile_overlap=tile_overlap, latent_channels=m, hyper_channels=n)
+                    tile_overlap=tile_overlap, latent_channels=m, hyper_channels=n,
+                    release=release)
     problem = _header_problem(header)
     if problem:
         raise _invalid(problem)
-    return header, n_sections, _HEADER.size
+    return header, n_sections, r.pos if version >= 2 else _HEADER.size
 
 
 #: What a streaming reader (:func:`read_file`) allows: at most this many bytes of tile streams
@@ -439,7 +477,8 @@ def stream_limit(h: Header) -> int:
     area = sum(rows) * sum(cols)   # sum over the grid of padded tile areas (it is separable)
     latents = h.latent_channels * area // 256 + h.hyper_channels * area // 4096
     tiles = len(rows) * len(cols)
-    return (_HEADER.size + _COUNT.size + _CRC.size + (_TILE.size + STREAM_SLACK) * tiles
+    return (_HEADER.size + 1 + RELEASE_ID_MAX + _COUNT.size + _CRC.size
+            + (_TILE.size + STREAM_SLACK) * tiles
             + STREAM_BYTES_PER_LATENT * latents
             + 2 * h.height * h.width + SECTION_SLACK + 255 * _SECTION.size)
 
@@ -475,7 +514,7 @@ def read_file(f) -> bytes:
             n -= len(chunk)
         return True
 
-    limit, header = _HEADER.size, None
+    limit, header = _HEADER.size + 1 + RELEASE_ID_MAX, None
     if not take(len(MAGIC)):
         return bytes(out)
     check_magic(out[:len(MAGIC)])
@@ -484,6 +523,13 @@ def read_file(f) -> bytes:
     _check_version(out[4])
     if not take(_HEADER.size - len(MAGIC) - 1):
         return bytes(out)
+    if out[4] >= 2:   # the release ID: its length, then the ID
+        if not take(1):
+            return bytes(out)
+        if out[-1] > RELEASE_ID_MAX:
+            raise _invalid(f"release ID length {out[-1]} exceeds {RELEASE_ID_MAX}")
+        if not take(out[-1]):
+            return bytes(out)
     header, n_sections, _ = _parse_header(memoryview(bytes(out)))  # garbage: refused here
     limit = stream_limit(header)
     for _ in range(n_sections):         # sections: kind, length, data
@@ -514,7 +560,8 @@ def peek_header(data: bytes) -> Header:
         BitstreamError: the file is refused; ``str(err)`` is a one-line user-facing message.
         TypeError: ``data`` is not bytes-like.
     """
-    header, _, _ = _parse_header(_check_envelope(data))
+    view = _check_envelope(data)
+    header, _, _ = _parse_header(view, len(view) - _CRC.size)
     return header
 
 
@@ -545,7 +592,7 @@ def unpack(data: bytes, expected_fingerprint: bytes | None = None) -> Container:
             or len(expected_fingerprint) != 8):
         raise ValueError(f"expected_fingerprint must be 8 bytes, got {expected_fingerprint!r}")
     view = _check_envelope(data)
-    header, n_sections, pos = _parse_header(view)
+    header, n_sections, pos = _parse_header(view, len(view) - _CRC.size)
     if expected_fingerprint is not None and header.fingerprint != bytes(expected_fingerprint):
         raise BitstreamError(
             f"file was made with other model weights (fingerprint {header.fingerprint.hex()}, "

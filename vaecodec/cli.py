@@ -25,7 +25,8 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Exception types whose message is meant for the user (imported lazily: torch is slow)."""
     from .bitstream import BitstreamError
     from .imageio import ImageError
-    errors = [BitstreamError, ImageError, OSError, MemoryError]
+    from .releases import ReleaseError
+    errors = [BitstreamError, ImageError, ReleaseError, OSError, MemoryError]
     try:
         from .codec import CodecError
         from .entropy import EntropyCodingError
@@ -84,8 +85,22 @@ class FriendlyGroup(click.Group):
                                        "rerun with VAECODEC_DEBUG=1 for details") from None
 
 
+def _print_version(ctx, param, value):
+    """``--version``: the package version and every model release it decodes."""
+    if not value or ctx.resilient_parsing:
+        return
+    from . import releases
+    shipped = releases.shipped()
+    lines = [f"vaecodec {releases.package_version()}", "model releases (decoded; * also encoded):"]
+    lines += [f"  {r.id}{' *' if r.can_encode else '  '}  fingerprint {r.fingerprint.hex()}, "
+              f"vaecodec {r.version}, {releases.describe_sizes(r)}" for r in shipped] or ["  none installed"]
+    click.echo("\n".join(lines))
+    ctx.exit()
+
+
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vaecodec")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the model releases it decodes, then exit.")
 def main():
     """vaecodec: a learned image codec (mean-scale hyperprior VAE).
 
@@ -291,18 +306,25 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
                    "small image), after a start-up of a few seconds; a large image needs "
                    "about 2 GB of memory. Decoding is unchanged.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--model", "release", metavar="ID", default=None,
+              help="Model release to encode with (default: the newest; `vaecodec --version` "
+                   "lists them). Files record their release, and every release keeps decoding.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory of exported weights (default: the bundled ones).")
+              help="Directory of exported weights instead of a release (for training exports).")
 def compress(input: Path, output: Path, quality: float, refine: int, force: bool,
-             weights: Path | None):
+             release: str | None, weights: Path | None):
     """Compress an image (PNG, JPEG, TIFF, BMP, WebP, ...) into a .vae file.
 
     INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
     standard output (messages then go to standard error).
     """
     from . import bitstream, codec, imageio
+    if release is not None and weights is not None:
+        raise click.UsageError("give --model or --weights, not both")
     stdin, stdout = _is_stdio(input), _is_stdio(output)
     _check_output(input, output, force, "a .vae file")
+    if release is not None:   # an unknown release: refused before the image is read
+        codec.get_model(release=release, refine=bool(refine))
     rgb, meta = imageio.read_image_bytes(_read_stdin_image()) if stdin else imageio.read_image(input)
     h, w = rgb.shape[:2]
     codec.check_size(h, w)
@@ -315,7 +337,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
         sections.append(bitstream.Section(1, meta.icc_profile))
     if meta.alpha is not None:
         sections.append(bitstream.Section(2, meta.alpha))
-    model = codec.get_model(str(weights) if weights else None, refine=bool(refine))
+    model = codec.get_model(str(weights) if weights else None, refine=bool(refine), release=release)
     with _progress(codec.work_units(h, w, refine), "compress", "step" if refine else "tile") as update:
         start = time.perf_counter()
         data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
@@ -335,7 +357,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
 @click.argument("output", type=click.Path(), callback=_path_argument)
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory of exported weights (default: the bundled ones).")
+              help="Directory of exported weights (default: the model release the file names).")
 def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     """Decompress a .vae file into an image; the format follows OUTPUT's extension (.png, ...).
 
@@ -346,8 +368,8 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     stdout = _is_stdio(output)
     _check_output(input, output, force, "a PNG image", image=True)
     data = _read_input_bytes(input)
-    model = codec.get_model(str(weights) if weights else None, encoder=False)
     header = bitstream.peek_header(data)
+    model = codec.decoder_for(header, codec.get_model(str(weights), encoder=False) if weights else None)
     if not stdout:
         imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
@@ -376,11 +398,17 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
 @click.argument("file", type=click.Path(), callback=_path_argument)
 def info(file: Path):
     """Show the header of a .vae file ("-": standard input): size, mode, quality, bpp, tiles,
-    weights fingerprint."""
-    from . import bitstream
+    model release and weights fingerprint."""
+    from . import bitstream, releases
     data = _read_input_bytes(file)
     c = bitstream.unpack(data)
     h = c.header
+    try:
+        release = releases.for_header(h).id
+        release += "" if h.release else " (named by its fingerprint: a format 1 file)"
+    except releases.ReleaseError:
+        release = (f"{h.release} (not in this vaecodec: a newer one decodes it)" if h.release
+                   else "none (weights that are no release)")
     kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF"}
     click.echo(f"file:        {_shown(file)} ({len(data):,} bytes)\n"
                f"image:       {h.width}x{h.height} {h.mode}\n"
@@ -389,6 +417,7 @@ def info(file: Path):
                f"tiles:       {len(c.tiles)}" + (f" ({h.tile_size} px, overlap {h.tile_overlap})"
                                                  if h.tile_size else "") + "\n"
                f"latents:     M={h.latent_channels} N={h.hyper_channels}\n"
+               f"release:     {release}\n"
                f"weights:     {h.fingerprint.hex()}\n"
                f"format:      version {data[4]}\n"
                f"sections:    " + (", ".join(f"{kinds.get(s.kind, s.kind)} ({len(s.data):,} bytes)"
@@ -490,25 +519,42 @@ def train(export_dir, **options):
         _export(ckpt, Path(export_dir))
 
 
-def _export(checkpoint: Path, out: Path) -> None:
+def _export(checkpoint: Path, out: Path, float_dtype: str = "float32") -> None:
     from . import weights
     from .model import MeanScaleHyperprior
     from .train import checkpoint_config, load_checkpoint, saved_architecture
     model = MeanScaleHyperprior(**saved_architecture(checkpoint_config(checkpoint)))
     steps = load_checkpoint(checkpoint, model)
-    fp = weights.export(model, out, steps=steps)
+    fp = weights.export(model, out, steps=steps, float_dtype=float_dtype)
     click.echo(f"exported {checkpoint} (step {steps}) to {out}/ (fingerprint {fp.hex()})")
 
 
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build/candidate"),
               show_default=True,
               help="Folder for the weights files (synthesis, hyper, analysis, training and, "
                    "when the model has them, context and spatial .safetensors).")
-def export_command(checkpoint: Path, out: Path):
-    """Export a training checkpoint to safetensors weights with fresh entropy tables."""
-    _export(checkpoint, out)
+@click.option("--float16", is_flag=True,
+              help="Store the float transforms in float16 (half the bytes; releases after "
+                   "the first are made this way).")
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the compact training state to this file instead (one file, bfloat16, "
+                   "~15 MiB; `train --init FILE` continues from it). This is what the "
+                   "repository keeps of training between releases.")
+def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | None):
+    """Export a training checkpoint to safetensors weights with fresh entropy tables.
+
+    An export is no release: files coded with it (--weights) name no release and decode only
+    with it. `make release CHECKPOINT=...` turns a checkpoint into a release.
+    """
+    if state is not None:
+        from .train import save_training_state
+        step = save_training_state(checkpoint, state)
+        click.echo(f"wrote the training state of {checkpoint} (step {step}) to {state} "
+                   f"({state.stat().st_size / 2**20:.1f} MiB)")
+        return
+    _export(checkpoint, out, "float16" if float16 else "float32")
 
 
 try:

@@ -34,11 +34,58 @@ class CodecError(ValueError):
     """The image cannot be coded, or the file does not match the loaded model."""
 
 
-@functools.lru_cache(maxsize=4)
-def get_model(weights_dir: str | None = None, encoder: bool = True, refine: bool = False):
-    """Load (once per process) the exported model, see :func:`vaecodec.weights.load`."""
+
+
+def get_model(weights_dir: str | None = None, encoder: bool = True, refine: bool = False,
+              release: str | None = None):
+    """The model to code with, loaded once per process (see :func:`vaecodec.weights.load`).
+
+    ``weights_dir``: an export folder (``--weights``); else ``release``: the ID of a shipped
+    model release (:mod:`vaecodec.releases`); else ``$VAECODEC_WEIGHTS`` or the newest release.
+    Raises :class:`CodecError` for an unknown release, or one whose encoder is not shipped when
+    ``encoder`` is asked for (naming the releases that can encode), and
+    :class:`vaecodec.weights.WeightsError` for missing or damaged weights.
+    """
+    if weights_dir is None and release is None:
+        from .weights import default_weights_dir
+        weights_dir = str(default_weights_dir())
+    elif weights_dir is None:
+        from . import releases
+        try:
+            found = releases.find(release)
+        except releases.ReleaseError as exc:
+            raise CodecError(str(exc)) from None
+        if encoder and not found.can_encode:
+            raise CodecError(f"this vaecodec decodes model release {release} but cannot encode with "
+                             f"it; releases that can encode: {', '.join(releases.encoders()) or 'none'}")
+        weights_dir = str(found.folder)
+    return _load(weights_dir, encoder, refine)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(weights_dir: str | None, encoder: bool, refine: bool):
     from . import weights
     return weights.load(weights_dir, encoder=encoder, refine=refine)
+
+
+def decoder_for(header: "bitstream.Header", model=None):
+    """The model that decodes a file with ``header``: ``model`` if given (its fingerprint must
+    be the file's), else the shipped release the file names (:func:`vaecodec.releases.for_header`).
+
+    Raises:
+        BitstreamError: ``model``'s weights are not the file's.
+        ReleaseError: (a ``ValueError``) no shipped release decodes the file, e.g. one made by a
+            newer vaecodec; the message names the file's release.
+    """
+    if model is not None:
+        if header.fingerprint != model.coding.fingerprint:
+            raise bitstream.BitstreamError(
+                f"file was made with other model weights (fingerprint {header.fingerprint.hex()}"
+                + (f", release {header.release}" if header.release else "")
+                + f"; these weights are {model.coding.fingerprint.hex()})")
+        return model
+    from . import releases
+    return get_model(release=releases.for_header(header).id, encoder=False)
 
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -168,7 +215,8 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
             progress(1)
     header = bitstream.Header(fingerprint=model.coding.fingerprint, quality_milli=quality_milli,
                               height=height, width=width, mode=mode, tile_size=tile,
-                              tile_overlap=overlap, latent_channels=model.M, hyper_channels=model.N)
+                              tile_overlap=overlap, latent_channels=model.M, hyper_channels=model.N,
+                              release=model.coding.release)
     return bitstream.pack(bitstream.Container(header, tuple(tiles), tuple(sections)))
 
 
@@ -180,10 +228,12 @@ def _streams(t: "bitstream.TileStreams") -> dict:
 
 def latent_digest(data: bytes, model=None) -> str:
     """SHA-256 (hex) of a file's decoded latents: per tile ``z_hat`` as little-endian int64 then
-    ``y_hat`` as little-endian float32. Identical on every machine (see SPEC.md)."""
-    model = model or get_model(encoder=False)
+    ``y_hat`` as little-endian float32. Identical on every machine (see SPEC.md). ``model``:
+    as in :func:`decoder_for` (default: the release the file names)."""
+    container = bitstream.unpack(data)
+    model = decoder_for(container.header, model)
     h = hashlib.sha256()
-    for t in bitstream.unpack(data, expected_fingerprint=model.coding.fingerprint).tiles:
+    for t in container.tiles:
         z_hat, y_hat = model.decode_latents(_streams(t))
         h.update(z_hat.numpy().astype("<i8").tobytes())
         h.update(y_hat.numpy().astype("<f4").tobytes())
@@ -199,11 +249,13 @@ class Decoded:
 
 
 def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
-    """Decode ``.vae`` bytes. Raises :class:`vaecodec.bitstream.BitstreamError` for a damaged,
-    foreign or newer file, :class:`CodecError` when it does not fit the model."""
+    """Decode ``.vae`` bytes with ``model``, or by default with the shipped release the file
+    names (:func:`decoder_for`). Raises :class:`vaecodec.bitstream.BitstreamError` for a
+    damaged, foreign or newer file, :class:`vaecodec.releases.ReleaseError` for a file of a
+    release this package does not have, :class:`CodecError` when it does not fit the model."""
     from .entropy import EntropyCodingError
-    model = model or get_model(encoder=False)
-    container = bitstream.unpack(data, expected_fingerprint=model.coding.fingerprint)
+    container = bitstream.unpack(data)
+    model = decoder_for(container.header, model)
     hd = container.header
     if (hd.latent_channels, hd.hyper_channels) != (model.M, model.N):
         raise CodecError("file's latent channels do not match the model")
@@ -263,6 +315,6 @@ def encode(image, quality: float = 4.0, weights_dir: str | None = None, refine: 
 def decode(data: bytes, weights_dir: str | None = None):
     """``.vae`` bytes -> PIL image in the mode the file records (RGB or L)."""
     from PIL import Image
-    d = decompress_array(data, model=get_model(weights_dir, encoder=False))
+    d = decompress_array(data, model=get_model(weights_dir, encoder=False) if weights_dir else None)
     image = Image.fromarray(d.rgb, "RGB")
     return image.convert("L") if d.header.mode == "L" else image

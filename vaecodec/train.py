@@ -312,13 +312,44 @@ def load_state(model, state: dict, new_slices_ok: bool = False) -> None:
     model.load_state_dict(state)
 
 
+def save_training_state(checkpoint: Path, path: Path) -> int:
+    """Write the compact training state of ``checkpoint`` to ``path``: one safetensors file
+    holding the model (no Adam moments) with its float tensors in bfloat16, packed
+    (:func:`vaecodec.weights.pack_tensors`), ~15 MiB for the shipped architecture instead of
+    ~110 MiB; ``--init`` and ``--resume`` read it like a checkpoint (a fresh optimiser). It is
+    what the repository keeps of training between releases. Returns the step; raises
+    :class:`TrainingError` for an unusable checkpoint or a state over 16 MiB."""
+    from .weights import MAX_FILE_BYTES, pack_tensors
+    meta = checkpoint_metadata(checkpoint)
+    try:
+        tensors = {k: v.to(torch.bfloat16) if v.dtype == torch.float32 else v
+                   for k, v in load_file(str(checkpoint)).items() if k.startswith("model.")}
+    except Exception as exc:   # safetensors' own error type
+        raise TrainingError(f"{checkpoint} is damaged ({str(exc).splitlines()[0][:120]})") from None
+    stored, packed = pack_tensors(tensors)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(stored, str(tmp), metadata={"step": meta["step"], "config": meta.get("config", "{}"),
+                                          "packed": packed})
+    if tmp.stat().st_size > MAX_FILE_BYTES:
+        tmp.unlink()
+        raise TrainingError(f"the training state of {checkpoint} would exceed 16 MiB")
+    os.replace(tmp, path)
+    return int(meta["step"])
+
+
 def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = False) -> int:
-    """Restore from :func:`save_checkpoint`; returns the step. Adam state only if given.
-    ``new_slices_ok``: see :func:`load_state` (for ``--init``). Raises :class:`TrainingError`
-    when ``path`` is not a checkpoint or is damaged or incomplete."""
-    step = int(checkpoint_metadata(path)["step"])
+    """Restore from :func:`save_checkpoint` (or a compact state of :func:`save_training_state`);
+    returns the step. Adam state only if given. ``new_slices_ok``: see :func:`load_state` (for
+    ``--init``). Raises :class:`TrainingError` when ``path`` is not a checkpoint or is damaged or
+    incomplete."""
+    meta = checkpoint_metadata(path)
+    step = int(meta["step"])
     try:
         tensors = load_file(str(path))
+        if "packed" in meta:   # a compact training state: widened to the model's float32
+            from .weights import unpack_tensors
+            tensors = {k: v.float() if v.dtype == torch.bfloat16 else v
+                       for k, v in unpack_tensors(tensors, meta["packed"]).items()}
         load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, new_slices_ok)
     except Exception as exc:   # safetensors' own error type; load_state_dict's RuntimeError
         raise TrainingError(f"{path} is damaged or incomplete ({str(exc).splitlines()[0][:120]})") from None

@@ -1,36 +1,46 @@
 """Trained weights on disk: export (with freshly built entropy tables) and loading.
 
-Safetensors files (never pickle), each under 16 MiB:
+Safetensors files (never pickle), each under 16 MiB; a folder of them is an *export*, and an
+export with a ``release.json`` is a model release (:mod:`vaecodec.releases`):
 
 - ``synthesis.safetensors``: the *decoder*: the synthesis transform ``g_s``, the gains, the
   probability tables of ``z`` (per channel, from the learned prior) and of ``y`` (per entry of
   the scale table).
 - ``hyper.safetensors``: the rest of the decoder's core, the integer hyper-synthesis
-  (:mod:`vaecodec.integer`); exports before session 18 kept it in ``synthesis.safetensors``,
-  which a model with more latent channels would push past 16 MiB.
+  (:mod:`vaecodec.integer`); older exports kept it in ``synthesis.safetensors``.
 - ``context.safetensors`` (models with channel slices only): the rest of the decoder, the
-  integer channel-context networks and the float latent residual prediction networks; and,
-  for training only, the float channel-context networks.
+  integer channel-context networks and the float latent residual prediction networks.
 - ``spatial.safetensors`` (models with a checkerboard context only): the integer checkerboard
-  context networks (decoder) and, for training only, their float versions.
+  context networks.
 - ``analysis.safetensors``: the analysis and hyper-analysis transforms (encoder only).
-- ``training.safetensors``: the float hyper-synthesis and the learned prior's parameters, not
-  used for coding; with the files above it restores the full float model, so a later
-  training run can start from the published weights (``vaecodec train --init weights``).
-  The training-only float networks (hyper-synthesis, channel and checkerboard context) are
-  stored in float16; the prior stays float32, as the z tables are built from it.
+- ``training.safetensors``: the float entropy model that coding never runs (its exact integer
+  versions are what the decoder uses): the float hyper-synthesis, channel and checkerboard
+  context networks (float16) and the learned prior's parameters (float32, as the z tables are
+  built from it). Encoder-side refinement (``--refine``) differentiates it, and with the files
+  above it restores the full float model, so training can start from a release
+  (``vaecodec train --init weights``). Exports in format 1 kept the float context networks in
+  the decoder files; they are still read.
 
-The SHA-256 over names, dtypes, shapes and bytes of every decoder tensor (both decoder files,
-without the training-only ones) gives the 8-byte *fingerprint* written into every ``.vae`` file:
-it is what defines decodability. Each file's metadata also holds the SHA-256 of all its own
-tensors (``sha256``), checked at load, so damage to any file (the encoder's too, which the
-fingerprint does not cover) is refused instead of silently producing poor files. Tables are rebuilt from the final parameters at every export
-and never recomputed at run time.
+Format 2 stores tensors *packed* (lossless): each tensor's bytes, little-endian, are split into
+byte planes (all first bytes, then all second bytes, ...) and deflated with zlib, held as a
+``uint8`` tensor under the tensor's own name; the file's ``packed`` metadata (JSON) maps each
+packed name to its dtype and shape. Integer networks shrink by ~35 %. ``float_dtype`` at export
+stores the float transforms (``g_a``, ``h_a``, ``g_s``, LRP) in float16 instead of float32,
+for releases whose decoder must fit 12 MiB; they are widened to float32 at load.
+
+The SHA-256 over names, dtypes, shapes and bytes of every decoder tensor (as unpacked, without
+the training-only ones) gives the 8-byte *fingerprint* written into every ``.vae`` file: it is
+what defines decodability. Each file's metadata also holds the SHA-256 of all its own tensors as
+stored (``sha256``), checked at load, so damage to any file (the encoder's too, which the
+fingerprint does not cover) is refused instead of silently producing poor files. Tables are
+rebuilt from the final parameters at every export and never recomputed at run time.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +54,8 @@ from .integer import (CONTEXT_FRAC, IntegerHyperSynthesis, IntegerNetwork, quant
                       quantize_network)
 from .model import MeanScaleHyperprior
 
-WEIGHTS_FORMAT = "vaecodec-weights-1"
+WEIGHTS_FORMAT = "vaecodec-weights-2"
+READABLE_FORMATS = ("vaecodec-weights-1", WEIGHTS_FORMAT)
 ANALYSIS_FILE, SYNTHESIS_FILE = "analysis.safetensors", "synthesis.safetensors"
 TRAINING_FILE, CONTEXT_FILE = "training.safetensors", "context.safetensors"
 SPATIAL_FILE, HYPER_FILE = "spatial.safetensors", "hyper.safetensors"
@@ -58,6 +69,9 @@ SYNTHESIS_PREFIXES = ("g_s.", "log_gain", "log_inv_gain", "lambdas")   # in synt
 DECODER_PREFIXES = SYNTHESIS_PREFIXES + ("lrp.",)                     # lrp.*: context.safetensors
 # the float entropy model that encoder-side refinement (vaecodec.refine) differentiates
 REFINE_PREFIXES = ("h_s.", "prior.", "context.", "spatial.")
+# float transforms that export's float_dtype applies to
+TRANSFORM_PREFIXES = ("g_a.", "h_a.", "g_s.", "lrp.")
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class WeightsError(RuntimeError):
@@ -73,6 +87,7 @@ class CodingModels:
     y_tables: Tables
     fingerprint: bytes
     spatial: list[IntegerNetwork] = ()   # checkerboard context of each slice (if any)
+    release: str = ""                    # release ID written into files ("" for an export)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -91,18 +106,66 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def default_weights_dir() -> Path:
-    """``$VAECODEC_WEIGHTS``, else the weights shipped in the package, else ``<repo>/weights``."""
+    """``$VAECODEC_WEIGHTS``, else the newest shipped release (:mod:`vaecodec.releases`)."""
     env = os.environ.get("VAECODEC_WEIGHTS")
     if env:
-        return Path(env)
+        return resolve(env)
+    from . import releases
     try:
-        from importlib.resources import files
-        packaged = Path(str(files("vaecodec.pretrained")))
-        if (packaged / SYNTHESIS_FILE).exists():
-            return packaged
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "weights"
+        return releases.newest().folder
+    except releases.ReleaseError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def resolve(weights_dir: str | Path) -> Path:
+    """The export folder ``weights_dir`` names: itself, or, for a folder of releases (such as
+    the repository's ``weights/``), its newest release."""
+    d = Path(weights_dir)
+    if not (d / SYNTHESIS_FILE).exists() and d.is_dir():
+        from . import releases
+        found = releases.shipped(d)
+        if found:
+            return found[-1].folder
+    return d
+
+
+def _byte_planes(a: np.ndarray) -> bytes:
+    """The little-endian bytes of ``a`` regrouped by significance: every element's first byte,
+    then every second byte, ... (deflate finds the runs in the high bytes)."""
+    a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
+    return a.view(np.uint8).reshape(-1, a.dtype.itemsize).T.tobytes()
+
+
+def pack_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """``tensors`` as format 2 stores them: each as a ``uint8`` tensor of its deflated byte
+    planes. Returns the stored tensors and the ``packed`` metadata (JSON: name -> [dtype,
+    shape])."""
+    stored, info = {}, {}
+    for name, t in tensors.items():
+        # numpy has no bfloat16: its bits travel as int16
+        a = (t.contiguous().view(torch.int16) if t.dtype == torch.bfloat16 else t.contiguous()).numpy()
+        stored[name] = torch.frombuffer(bytearray(zlib.compress(_byte_planes(a), 9)), dtype=torch.uint8)
+        info[name] = [str(t.dtype).removeprefix("torch."), list(t.shape)]
+    return stored, json.dumps(info, sort_keys=True, separators=(",", ":"))
+
+
+def unpack_tensors(stored: dict[str, torch.Tensor], packed: str) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_tensors`. Raises ``ValueError`` for malformed data."""
+    info = json.loads(packed)
+    out = dict(stored)
+    for name, (dtype, shape) in info.items():
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype) or name not in stored:
+            raise ValueError(f"packed tensor {name!r} of unknown dtype {dtype!r} or missing")
+        bits = torch.int16 if torch_dtype == torch.bfloat16 else torch_dtype
+        np_dtype = torch.empty((), dtype=bits).numpy().dtype.newbyteorder("<")
+        planes = zlib.decompress(stored[name].numpy().tobytes())
+        count = int(np.prod(shape, dtype=np.int64))
+        if len(planes) != count * np_dtype.itemsize:
+            raise ValueError(f"packed tensor {name!r} holds {len(planes)} bytes, not {count} values")
+        raw = np.frombuffer(planes, np.uint8).reshape(np_dtype.itemsize, count).T.copy()
+        out[name] = torch.from_numpy(raw.view(np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))).view(torch_dtype)
+    return out
 
 
 def _stored(prefix: str, quantized: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,17 +182,23 @@ def _training_only(state: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 
 @torch.no_grad()
-def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> bytes:
+def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0,
+           float_dtype: str = "float32") -> bytes:
     """Write the weight files for ``model`` into ``out_dir`` (all or none); returns the
     fingerprint.
 
     Builds the z tables from the prior's current parameters and the y tables from the scale
-    table; raises :class:`WeightsError` if a table came out empty or a file exceeds 16 MiB.
+    table. ``float_dtype`` (``"float32"`` or ``"float16"``) is how the float transforms are
+    stored. Raises :class:`WeightsError` if a table came out empty or a file exceeds 16 MiB.
     """
+    if float_dtype not in FLOAT_DTYPES:
+        raise WeightsError(f"float_dtype must be one of {', '.join(FLOAT_DTYPES)}, got {float_dtype!r}")
+    transform_dtype = FLOAT_DTYPES[float_dtype]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.float().eval().cpu()
-    state = model.state_dict()
+    state = {k: v.to(transform_dtype) if k.startswith(TRANSFORM_PREFIXES) else v
+             for k, v in model.state_dict().items()}
     scales = scale_table()
     z_tables = factorized_tables(model.prior)
     y_tables = gaussian_tables(scales)
@@ -154,8 +223,8 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
     training = {k: v.contiguous() for k, v in state.items() if k.startswith("prior.")}
     training.update(_training_only(state, "h_s."))
     fp = fingerprint({**synthesis, **hyper, **context, **spatial})
-    context.update(_training_only(state, "context."))
-    spatial.update(_training_only(state, "spatial."))
+    training.update(_training_only(state, "context."))
+    training.update(_training_only(state, "spatial."))
     meta = {"format": WEIGHTS_FORMAT, "N": str(model.N), "M": str(model.M), "slices": str(model.slices),
             "checkerboard": str(int(model.checkerboard)), "blocks": str(model.blocks),
             "fingerprint": fp.hex(), "steps": str(steps)}
@@ -165,13 +234,48 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
         files.append((CONTEXT_FILE, context))
     if model.checkerboard:
         files.append((SPATIAL_FILE, spatial))
+    _write(out_dir, files, meta)
+    return fp
+
+
+def repack(src: str | Path, out_dir: str | Path) -> bytes:
+    """Rewrite the export in ``src`` (any readable format) into ``out_dir`` in the current
+    format, every tensor unchanged (so the fingerprint stays): training-only float networks
+    move to the training file and tensors are stored packed. Returns the fingerprint; raises
+    :class:`WeightsError` if ``src`` is unusable."""
+    src, out_dir = resolve(src), Path(out_dir)
+    load(src, refine=True)   # every file present, undamaged and of one export
+    synthesis, meta = _read(src / SYNTHESIS_FILE)
+    model = _model(meta, _lambdas(synthesis, src), src)
+    names = [SYNTHESIS_FILE, HYPER_FILE, ANALYSIS_FILE, TRAINING_FILE] + [f for f, _ in _extra_decoder_files(model)]
+    files = {f: _read(src / f)[0] for f in names if (src / f).exists()}
+    for fname, prefix in EXTRA_DECODER_FILES:
+        for k in [k for k in files.get(fname, {}) if k.startswith(prefix)]:
+            files[TRAINING_FILE][k] = files[fname].pop(k)
+    if HYPER_FILE not in files:   # format 1 exports before the hyper-synthesis had its own file
+        files[HYPER_FILE] = {k: files[SYNTHESIS_FILE].pop(k) for k in list(files[SYNTHESIS_FILE])
+                             if k.startswith("h_s_int.")}
+    keep = ("N", "M", "slices", "checkerboard", "blocks", "fingerprint", "steps")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write(out_dir, list(files.items()), {"format": WEIGHTS_FORMAT, **{k: meta[k] for k in keep if k in meta}})
+    fp = load(out_dir, refine=True).coding.fingerprint
+    if fp.hex() != meta.get("fingerprint"):
+        raise WeightsError(f"repacking {src} changed its fingerprint")
+    return fp
+
+
+def _write(out_dir: Path, files: list[tuple[str, dict[str, torch.Tensor]]], meta: dict[str, str]) -> None:
+    """Write ``files`` (name, tensors) packed into ``out_dir`` with ``meta``, all or none, and
+    remove decoder files of an earlier export that this one lacks."""
     written = []
     try:   # every file is written and checked before any replaces its predecessor
         for fname, tensors in files:
             tmp = out_dir / (fname + ".tmp")
             written.append(tmp)
             try:
-                save_file(tensors, str(tmp), metadata={**meta, "sha256": _digest(tensors).hex()})
+                stored, packed = pack_tensors(tensors)
+                save_file(stored, str(tmp), metadata={**meta, "packed": packed,
+                                                      "sha256": _digest(stored).hex()})
                 os.chmod(tmp, 0o644)
             except Exception as exc:   # safetensors' own error type for I/O failures, OSError
                 raise WeightsError(f"cannot write {out_dir / fname}: {_reason(exc)}") from None
@@ -187,7 +291,6 @@ def export(model: MeanScaleHyperprior, out_dir: str | Path, steps: int = 0) -> b
             tmp.unlink(missing_ok=True)
     for fname in {CONTEXT_FILE, SPATIAL_FILE} - {f for f, _ in files}:
         (out_dir / fname).unlink(missing_ok=True)   # no file of an earlier export may linger
-    return fp
 
 
 def _reason(exc: Exception) -> str:
@@ -209,10 +312,16 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error type for damaged files
         raise WeightsError(f"cannot read weights file {path}: {exc}") from None
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise WeightsError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
-    if "sha256" in meta and _digest(tensors).hex() != meta["sha256"]:   # exports since session 15
+    if meta.get("format") not in READABLE_FORMATS:
+        raise WeightsError(f"{path} is not a vaecodec weights file of a known format "
+                           f"({', '.join(READABLE_FORMATS)})")
+    if "sha256" in meta and _digest(tensors).hex() != meta["sha256"]:
         raise WeightsError(f"{path} is damaged (checksum mismatch)")
+    if "packed" in meta:
+        try:
+            tensors = unpack_tensors(tensors, meta["packed"])
+        except (ValueError, TypeError, zlib.error) as exc:
+            raise WeightsError(f"{path} is damaged ({exc})") from None
     return tensors, meta
 
 
@@ -305,12 +414,12 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
     The returned model has ``.coding`` (:class:`CodingModels`) and ``.steps`` set.
     Raises :class:`WeightsError` when files are missing or inconsistent.
     """
-    d = Path(weights_dir) if weights_dir else default_weights_dir()
+    d = resolve(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
     model = _model(meta, _lambdas(synthesis, d), d)
     extra = _extra_decoder_files(model)
     floats = {}   # the decoder files' float halves, kept for refine
-    if "h_s_int.shift" not in synthesis:   # exports since session 18: the hyper-synthesis apart
+    if "h_s_int.shift" not in synthesis:   # the hyper-synthesis in a file of its own
         extra.insert(0, (HYPER_FILE, None))
     for fname, training_only in extra:   # decoder halves; the float halves are for training
         tensors = _read_of_export(d, fname, meta)
@@ -348,10 +457,29 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
     def tables(name: str) -> Tables:
         return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
 
-    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial)
+    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial, _release_id(d, fp))
     model.steps = _steps(meta, d)
     model.float_entropy_model = encoder and refine   # what vaecodec.refine differentiates
     return model.eval()
+
+
+def _release_id(d: Path, fp: bytes) -> str:
+    """The release ID of the export in ``d`` (``""`` when it is no release); a release
+    description that does not match the weights is a :class:`WeightsError`."""
+    from . import releases
+    try:
+        release = releases.read(d)
+    except releases.ReleaseError as exc:
+        raise WeightsError(str(exc)) from None
+    if release is None:
+        return ""
+    if release.fingerprint != fp:
+        raise WeightsError(f"weights in {d} do not match its release description "
+                           f"(fingerprint {fp.hex()}, release {release.id} has {release.fingerprint.hex()})")
+    if release.coding not in releases.CODING_VERSIONS:
+        raise WeightsError(f"release {release.id} needs entropy coding version {release.coding}, "
+                           "which this vaecodec does not implement; upgrade vaecodec")
+    return release.id
 
 
 def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]:
@@ -359,7 +487,7 @@ def load_float_model(weights_dir: str | Path) -> tuple[MeanScaleHyperprior, int]
 
     Used to continue training from published weights. Raises :class:`WeightsError`.
     """
-    d = Path(weights_dir)
+    d = resolve(weights_dir)
     state, metas = {}, []
     for fname in (SYNTHESIS_FILE, ANALYSIS_FILE, TRAINING_FILE):
         tensors, meta = _read(d / fname)

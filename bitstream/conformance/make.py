@@ -1,17 +1,27 @@
-"""Regenerate the conformance files for the current weights (run after every weights export).
+"""Write the conformance files of a model release (run once, when the release is made).
 
-    python bitstream/conformance/make.py
+    python bitstream/conformance/make.py RELEASE_ID     # e.g. 2026.12; `make release` runs it
+    python bitstream/conformance/make.py --refused      # the files every decoder must refuse
 
-Writes ``<name>.vae``, the decoded reference ``<name>.png`` and ``manifest.json`` holding, per
-file: the weights fingerprint it needs, SHA-256 of its decoded latents (``z_hat`` as int64 then
-``y_hat`` as float32, little-endian, tile by tile; must match exactly on every machine) and
-SHA-256 of the decoded pixels (the restored image's raw bytes; may differ by +-1 on other
-machines, see SPEC.md). Inputs are deterministic crops of scikit-image's 'astronaut'.
+Writes ``<RELEASE_ID>/<name>.vae``, the decoded reference ``<name>.png`` and
+``<RELEASE_ID>/manifest.json`` holding, per file: the release and weights fingerprint it needs,
+SHA-256 of its decoded latents (``z_hat`` as int64 then ``y_hat`` as float32, little-endian,
+tile by tile; must match exactly on every machine) and SHA-256 of the decoded pixels (the
+restored image's raw bytes; may differ by +-1 on other machines, see SPEC.md). Inputs are
+deterministic crops of scikit-image's 'astronaut'.
+
+A release's folder is frozen: it is written once and kept forever, and the test suite decodes
+every file in every release folder, so no change to the package can stop a release's files
+from decoding. ``make.py`` refuses to write into an existing release folder.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import struct
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +44,12 @@ def source(height: int, width: int, mode: str) -> np.ndarray:
     return rgb
 
 
-def latent_sha256(model, data: bytes) -> str:
+def latent_sha256(data: bytes, model=None) -> str:
     from vaecodec.codec import latent_digest
     return latent_digest(data, model)
 
 
-def decode_image(model, data: bytes):
+def decode_image(data: bytes, model=None):
     from vaecodec import codec, imageio
     d = codec.decompress_array(data, model=model)
     sections = {s.kind: s.data for s in d.sections}
@@ -47,24 +57,30 @@ def decode_image(model, data: bytes):
     return imageio.to_image(d.rgb, meta)
 
 
+def release_folders() -> list[Path]:
+    """Every release's conformance folder (those with a manifest)."""
+    return sorted(p.parent for p in HERE.glob("*/manifest.json"))
+
+
 REFUSED = {  # file in refused/ -> the start of the message a decoder must give
     "newer-version.vae": "made by a newer vaecodec",
-    "foreign-weights.vae": "file was made with other model weights",
+    "unreleased-weights.vae": "file was made with model weights that are no release",
+    "unknown-release.vae": "file was made with model release 9999.99, which this vaecodec",
     "bad-checksum.vae": "file is corrupted or truncated",
     "bad-magic.vae": "not a vaecodec file",
 }
 
 
 def make_refused() -> None:
-    """Files every decoder must refuse, independent of the weights."""
-    import struct
-    import zlib
+    """Files every decoder must refuse, independent of the releases."""
     from vaecodec import bitstream
     header = bitstream.Header(fingerprint=b"\x00" * 8, quality_milli=4000, height=16, width=16,
                               mode="RGB", tile_size=0, tile_overlap=0, latent_channels=192,
                               hyper_channels=128)
     tile = bitstream.TileStreams((4, 4), (1, 1), b"\x00" * 4, b"\x00" * 4, b"")
     good = bitstream.pack(bitstream.Container(header, (tile,)))
+    unknown = bitstream.pack(bitstream.Container(
+        bitstream.Header(**{**header.__dict__, "release": "9999.99"}), (tile,)))
 
     def with_crc(body: bytes) -> bytes:
         return body + struct.pack(">I", zlib.crc32(body))
@@ -74,20 +90,35 @@ def make_refused() -> None:
     body = bytearray(good[:-4])
     body[4] = bitstream.VERSION + 1
     (out / "newer-version.vae").write_bytes(with_crc(bytes(body)))
-    (out / "foreign-weights.vae").write_bytes(good)
+    (out / "unreleased-weights.vae").write_bytes(good)
+    (out / "unknown-release.vae").write_bytes(unknown)
     bad = bytearray(good)
     bad[20] ^= 0x10
     (out / "bad-checksum.vae").write_bytes(bytes(bad))
     (out / "bad-magic.vae").write_bytes(with_crc(b"VAEX" + good[4:-4]))
 
 
-def main() -> None:
+def entry(name: str, data: bytes, image, quality: float, model=None) -> dict:
+    """The manifest entry of the conformance file ``name`` holding ``data``, decoded to
+    ``image``."""
+    from vaecodec import bitstream
+    header = bitstream.peek_header(data)
+    return {"file": name, "release": header.release, "format": data[4],
+            "fingerprint": header.fingerprint.hex(), "mode": image.mode, "width": header.width,
+            "height": header.height, "quality": quality,
+            "latents_sha256": latent_sha256(data, model),
+            "pixels_sha256": hashlib.sha256(image.tobytes()).hexdigest()}
+
+
+def make_release(release_id: str, out: Path | None = None) -> Path:
+    """Write the conformance files of the shipped release ``release_id`` (its encoder must be
+    shipped) into ``out`` (default ``HERE/release_id``), which must not exist yet."""
     from vaecodec import bitstream, codec, imageio
-    model = codec.get_model()
-    for old in HERE.glob("*.vae"):
-        old.unlink()
-    for old in HERE.glob("*.png"):
-        old.unlink()
+    out = out or HERE / release_id
+    if (out / "manifest.json").exists():
+        raise SystemExit(f"{out} holds a manifest: a release's conformance files are frozen")
+    model = codec.get_model(release=release_id)
+    out.mkdir(parents=True, exist_ok=True)
     manifest = []
     for name, h, w, q, mode in CASES:
         rgb = source(h, w, mode)
@@ -97,18 +128,28 @@ def main() -> None:
             alpha = ((xx * 255) // max(1, w - 1)).astype(np.uint8)
             sections.append(bitstream.Section(2, imageio.encode_alpha(alpha)))
         data = codec.compress_array(rgb, q, mode=mode, sections=tuple(sections), model=model)
-        (HERE / f"{name}.vae").write_bytes(data)
-        image = decode_image(model, data)
-        image.save(HERE / f"{name}.png")
-        manifest.append({"file": f"{name}.vae", "reference": f"{name}.png",
-                         "fingerprint": model.coding.fingerprint.hex(), "mode": image.mode,
-                         "width": w, "height": h, "quality": q,
-                         "latents_sha256": latent_sha256(model, data),
-                         "pixels_sha256": hashlib.sha256(image.tobytes()).hexdigest()})
-    make_refused()
-    (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {len(manifest)} conformance files for weights {model.coding.fingerprint.hex()}")
+        (out / f"{name}.vae").write_bytes(data)
+        image = decode_image(data)
+        image.save(out / f"{name}.png")
+        manifest.append({**entry(f"{name}.vae", data, image, q), "reference": f"{name}.png"})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("release", nargs="?", help="release ID whose conformance files to write")
+    parser.add_argument("--refused", action="store_true", help="write refused/ instead")
+    args = parser.parse_args(argv)
+    if args.refused:
+        make_refused()
+        print(f"wrote {len(REFUSED)} files every decoder must refuse to {HERE / 'refused'}")
+    elif args.release:
+        out = make_release(args.release)
+        print(f"wrote {len(CASES)} conformance files for release {args.release} to {out}")
+    else:
+        parser.error("give a release ID or --refused")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

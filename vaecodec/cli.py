@@ -318,30 +318,25 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
     INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
     standard output (messages then go to standard error).
     """
-    from . import bitstream, codec, imageio
+    from . import api, codec, imageio
     if release is not None and weights is not None:
         raise click.UsageError("give --model or --weights, not both")
     stdin, stdout = _is_stdio(input), _is_stdio(output)
     _check_output(input, output, force, "a .vae file")
     if release is not None:   # an unknown release: refused before the image is read
-        codec.get_model(release=release, refine=bool(refine))
-    rgb, meta = imageio.read_image_bytes(_read_stdin_image()) if stdin else imageio.read_image(input)
+        api.encoder(release, refine)
+    rgb, meta = api.read(_read_stdin_image(), "standard input") if stdin else api.read(input)
     h, w = rgb.shape[:2]
     codec.check_size(h, w)
     if not stdout and output.suffix.lower() != ".vae":
         meta.notices.append(f"{output} does not end in .vae (it will hold a .vae stream)")
     for notice in meta.notices:
         click.echo(f"note: {notice}", err=True)
-    sections = []
-    if meta.icc_profile:
-        sections.append(bitstream.Section(1, meta.icc_profile))
-    if meta.alpha is not None:
-        sections.append(bitstream.Section(2, meta.alpha))
-    model = codec.get_model(str(weights) if weights else None, refine=bool(refine), release=release)
+    api.encoder(release, refine, weights)   # loaded before the clock starts
     with _progress(codec.work_units(h, w, refine), "compress", "step" if refine else "tile") as update:
         start = time.perf_counter()
-        data = codec.compress_array(rgb, quality, mode=meta.mode, sections=tuple(sections),
-                                    model=model, progress=update, refine=refine)
+        data = api.compress_read(rgb, meta, quality, refine=refine, model=release, weights=weights,
+                                 progress=update)
         seconds = time.perf_counter() - start
     if stdout:
         _write_stdout(data)
@@ -364,30 +359,26 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
     INPUT "-" reads the .vae file from standard input; OUTPUT "-" writes a PNG image to
     standard output (messages then go to standard error).
     """
-    from . import bitstream, codec, imageio
+    from . import api, bitstream, codec, imageio
     stdout = _is_stdio(output)
     _check_output(input, output, force, "a PNG image", image=True)
     data = _read_input_bytes(input)
     header = bitstream.peek_header(data)
-    model = codec.decoder_for(header, codec.get_model(str(weights), encoder=False) if weights else None)
+    api.decoder(header, weights)   # loaded (or the file's release refused) before the clock starts
     if not stdout:
         imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
     # differs before it allocates anything
     with _progress(codec.tile_count(header.height, header.width), "decompress") as update:
         start = time.perf_counter()
-        decoded = codec.decompress_array(data, model=model, progress=update)
+        image, _ = api.decode(data, weights=weights, progress=update)
         seconds = time.perf_counter() - start
-    sections = {s.kind: s.data for s in decoded.sections}
-    alpha = sections.get(2)
-    meta = imageio.ImageMeta(mode=decoded.header.mode, alpha=alpha, icc_profile=sections.get(1),
-                             notices=[])
-    image = imageio.to_image(decoded.rgb, meta)
+    icc = image.info.get("icc_profile")
     if stdout:
-        png, notices = imageio.encode_png(image, meta.icc_profile)
+        png, notices = imageio.encode_png(image, icc)
         _write_stdout(png)
     else:
-        notices = imageio.write_image(output, image, meta.icc_profile, force=force)
+        notices = imageio.write_image(output, image, icc, force=force)
     for notice in notices:
         click.echo(f"note: {notice}", err=True)
     click.echo(f"{_shown(input)} -> {_shown(output, True)}: {header.width}x{header.height} "

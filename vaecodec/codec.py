@@ -23,15 +23,12 @@ import numpy as np
 import torch
 
 from . import bitstream
+from .errors import CodecError   # re-exported: an image that cannot be coded, a file that does not fit
 from .model import STRIDE
 
 TILE = 1024
 OVERLAP = 64
 MAX_REFINE = 1000   # refinement steps per tile
-
-
-class CodecError(ValueError):
-    """The image cannot be coded, or the file does not match the loaded model."""
 
 
 

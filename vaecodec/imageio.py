@@ -510,18 +510,59 @@ def _decode_image(source, name: str, max_pixels: int) -> tuple[np.ndarray, Image
                 raise ImageError(f"{name} is corrupt or truncated ({_oneline(err)})") from None
             # The ICC profile may live after the pixel data (PNG chunks).
             icc = im.info.get("icc_profile") or icc
+            return _to_codec_input(im, name, icc, rawmode, notices, in_place=True)
 
-            try:
-                ImageOps.exif_transpose(im, in_place=True)
-            except Exception:  # noqa: BLE001 - malformed EXIF must not stop us
-                notices.append("unreadable EXIF data ignored (orientation not applied)")
 
-            try:
-                pixels, mode, alpha, icc = _normalise(im, icc, rawmode, notices)
-            except ImageError as err:
-                raise ImageError(f"{name}: {err}") from None
-            except MemoryError:
-                raise ImageError(f"not enough memory to read {name}") from None
+def read_pil(image: Image.Image, name: str = "image", *,
+             max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """:func:`read_image` for a Pillow image already open (e.g. given to the Python API or to
+    ``Image.save``): the same result, conversions and notices, with the EXIF orientation
+    applied to a copy (``image`` itself is only loaded, not changed). Of a multi-frame image
+    the current frame is taken. ``name`` stands for the image in messages.
+
+    Raises:
+        ImageError: as :func:`read_image` (zero size, too many pixels, unreadable pixel data,
+            an unsupported mode).
+    """
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"{name} is not a Pillow image ({type(image).__name__})")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name} has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(f"{name} is too large ({width}x{height} = {width * height} pixels, "
+                         f"limit {max_pixels})")
+    notices: list[str] = []
+    rawmode = _tile_rawmode(image)
+    try:
+        image.load()
+    except MemoryError:
+        raise ImageError(f"not enough memory to read {name}") from None
+    except Exception as err:  # noqa: BLE001 - decoder errors of every kind
+        raise ImageError(f"{name} is corrupt or truncated ({_oneline(err)})") from None
+    return _to_codec_input(image, name, image.info.get("icc_profile") or None, rawmode, notices,
+                           in_place=False)
+
+
+def _to_codec_input(im: Image.Image, name: str, icc: bytes | None, rawmode: str,
+                    notices: list[str], in_place: bool) -> tuple[np.ndarray, ImageMeta]:
+    """The shared end of :func:`read_image` and :func:`read_pil` for a loaded image: EXIF
+    orientation applied (to ``im`` itself with ``in_place``, else to a copy), mode, alpha and
+    ICC profile normalised."""
+    try:
+        if in_place:
+            ImageOps.exif_transpose(im, in_place=True)
+        else:
+            im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not stop us
+        notices.append("unreadable EXIF data ignored (orientation not applied)")
+
+    try:
+        pixels, mode, alpha, icc = _normalise(im, icc, rawmode, notices)
+    except ImageError as err:
+        raise ImageError(f"{name}: {err}") from None
+    except MemoryError:
+        raise ImageError(f"not enough memory to read {name}") from None
 
     if icc is not None:
         space = _icc_colour_space(icc)

@@ -112,7 +112,32 @@ def compress_read(rgb: np.ndarray, meta, quality: float = 4.0, *, refine: int = 
         raise _as_codec_error(exc) from None
 
 
-def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None = None) -> bytes:
+def compress_to_target(rgb: np.ndarray, meta, target: str, value: float, *, refine: int = 0,
+                       model: str | None = None, weights=None):
+    """Rate control (:mod:`vaecodec.ratecontrol`) for an input read with :func:`read`: the file
+    at the quality that meets ``target`` (``"size"`` in bytes, ``"bpp"``, ``"psnr"`` in dB) of
+    ``value``. Returns a :class:`vaecodec.ratecontrol.Result` (bytes, chosen quality, whether
+    the target was reached). Raises :class:`CodecError`."""
+    from . import codec, ratecontrol
+    codec.check_size(*rgb.shape[:2])
+    loaded = encoder(model, refine, weights)
+    cache: dict = {}
+
+    def encode(quality: float, steps: int) -> bytes:
+        return codec.compress_array(rgb, quality, mode=meta.mode, sections=sections(meta),
+                                    model=loaded, refine=steps, analysis=cache)
+
+    def decode(data: bytes) -> np.ndarray:
+        return codec.decompress_array(data, model=loaded).rgb
+
+    try:
+        return ratecontrol.search(encode, decode, rgb, target, value, refine)
+    except _user_errors() as exc:
+        raise _as_codec_error(exc) from None
+
+
+def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None = None,
+             size: int | str | None = None, bpp: float | None = None, psnr: float | None = None) -> bytes:
     """Compress an image into the bytes of a ``.vae`` file.
 
     Args:
@@ -125,6 +150,12 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
         refine: steps of encoder-side latent refinement (0 to 1000; Yang et al. 2020): 30 make
             files ~8 % smaller at the same PSNR for ~20x the encoding time.
         model: the model release to code with (e.g. ``"2026.12"``); default the newest.
+        size, bpp, psnr: rate control instead of ``quality`` (at most one): the largest file
+            of at most ``size`` bytes (an int, or text such as ``"20k"``, ``"1.5M"``) or
+            ``bpp`` bits per pixel, or the smallest file whose decoded PSNR (RGB) is at least
+            ``psnr`` dB. The quality is searched by bisection (``info(data).quality`` tells
+            which); a target out of reach gives the closest file and a
+            :class:`VaecodecWarning`.
 
     Returns:
         The file's bytes; :func:`decompress` restores the image (same size and mode, alpha
@@ -138,10 +169,28 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
         VaecodecWarning: for each lossy or surprising conversion of the input (16-bit to 8,
             CMYK to RGB, a dropped ICC profile, ...).
     """
+    targets = {k: v for k, v in (("size", size), ("bpp", bpp), ("psnr", psnr)) if v is not None}
+    if len(targets) > 1:
+        raise CodecError(f"give at most one of size, bpp and psnr, got {', '.join(targets)}")
+    if targets and quality != 4.0:
+        raise CodecError(f"give quality or {next(iter(targets))}, not both")
     rgb, meta = read(image)
     for notice in meta.notices:
         warnings.warn(notice, VaecodecWarning, stacklevel=2)
-    return compress_read(rgb, meta, quality, refine=refine, model=model)
+    if not targets:
+        return compress_read(rgb, meta, quality, refine=refine, model=model)
+    target, value = next(iter(targets.items()))
+    if target == "size" and isinstance(value, str):
+        from .ratecontrol import parse_size
+        try:
+            value = parse_size(value)
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+    result = compress_to_target(rgb, meta, target, value, refine=refine, model=model)
+    if not result.reached:
+        warnings.warn(f"the {target} target {value} is out of reach; coded at quality "
+                      f"{result.quality:g}, the closest", VaecodecWarning, stacklevel=2)
+    return result.data
 
 
 def decoder(header: bitstream.Header, weights=None):

@@ -169,7 +169,8 @@ def work_units(height: int, width: int, refine: int = 0) -> int:
 
 
 def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
-                   sections: tuple = (), model=None, progress=None, refine: int = 0) -> bytes:
+                   sections: tuple = (), model=None, progress=None, refine: int = 0,
+                   analysis: dict | None = None) -> bytes:
     """Code an ``(H, W, 3)`` uint8 RGB array into ``.vae`` bytes.
 
     ``quality`` in ``[1, 8]`` (fractional allowed, stored in thousandths); ``mode`` is the mode
@@ -177,8 +178,12 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     side data. ``refine``: steps of encoder-side latent refinement per tile
     (:mod:`vaecodec.refine`; the model must be loaded with ``refine=True``), 0 for none.
     ``progress(n)`` is called after each refinement step and each coded tile,
-    :func:`work_units` times in all. Raises :class:`CodecError` (also for a size a ``.vae``
-    file cannot hold, see :func:`check_size`, before any coding).
+    :func:`work_units` times in all. ``analysis``: a dict that keeps each tile's analysis
+    transform output (``g_a(x)``, which does not depend on the quality) between calls for the
+    same image and model, so that coding it again at other qualities (rate control) skips the
+    analysis transform; the file is the same as without it. Used only when ``refine`` is 0.
+    Raises :class:`CodecError` (also for a size a ``.vae`` file cannot hold, see
+    :func:`check_size`, before any coding).
     """
     if not isinstance(rgb, np.ndarray):
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {type(rgb).__name__}")
@@ -205,7 +210,10 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
-        s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step, size=(h, w))
+        if analysis is not None and not refine:
+            s = _code_cached(model, x, quality_milli / 1000, analysis, (top, left))
+        else:
+            s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step, size=(h, w))
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
         if progress:
@@ -215,6 +223,17 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
                               tile_overlap=overlap, latent_channels=model.M, hyper_channels=model.N,
                               release=model.coding.release)
     return bitstream.pack(bitstream.Container(header, tuple(tiles), tuple(sections)))
+
+
+@torch.no_grad()
+def _code_cached(model, x: torch.Tensor, quality: float, analysis: dict, key) -> dict:
+    """The streams of ``model.compress(x, quality)`` with ``g_a(x)`` taken from (or put into)
+    ``analysis[key]``: the same operations in the same order, so the same bytes."""
+    if key not in analysis:
+        analysis[key] = model.g_a(x)
+    gain, _ = model.gains(quality)
+    y = analysis[key] * gain.detach()[:, None, None]
+    return model._code(y, model.h_a(y))
 
 
 def _streams(t: "bitstream.TileStreams") -> dict:

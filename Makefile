@@ -49,7 +49,7 @@ training-state: install
 	$(BIN)/vaecodec export $(CHECKPOINT) --state weights/training-state.safetensors
 
 # a compact copy of the training folder (one 320² JPEG crop per image, ~15 MiB) to carry to a
-# borrowed GPU machine with scripts/gpu-train.sh; README, "Training on a borrowed GPU"
+# CUDA machine with scripts/gpu-train.sh; README, "Training on a GPU"
 TRAIN_DATA ?= ../shared/data/train
 gpu-data: install
 	rm -rf .gpu/data

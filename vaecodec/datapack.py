@@ -1,14 +1,12 @@
-"""A compact copy of a training folder, small enough to travel to a borrowed GPU machine.
-
-A device run receives the project's working tree and little else (64 MiB in all, of which the
-exported weights take about 43 MiB), so the 144 MiB training folder cannot go as it is.
+"""A compact copy of a training folder, small enough to travel with the working tree to a GPU
+machine (scripts/gpu-train.sh) where the whole training folder (144 MiB here) would not fit.
 :func:`pack` keeps every image but only one square crop of it (``side`` pixels, at a seeded random
 position), saved as a 4:4:4 JPEG. File stems and their sorted order are kept, so
 ``vaecodec train`` holds out the same validation images from the packed folder as from the
 original one.
 
-Usage: ``python -m vaecodec.datapack ../shared/data/train .gpu/data`` (``make gpu-data``; the
-defaults, 320² crops at quality 70, pack ``../shared/data/train`` into about 15 MiB).
+Usage: ``python -m vaecodec.datapack TRAIN_DIR .gpu/data`` (``make gpu-data TRAIN_DATA=DIR``;
+the defaults, 320² crops at quality 70, pack a folder of 663 photos into about 15 MiB).
 """
 from __future__ import annotations
 

@@ -75,13 +75,36 @@ def read(image, name: str | None = None):
                      f"got {type(image).__name__}")
 
 
-def sections(meta) -> tuple:
-    """The container sections that carry ``meta``'s ICC profile and alpha plane."""
+METADATA = ("icc", "exif", "xmp")   # what --metadata / metadata= can keep (alpha always stays)
+
+
+def metadata_kinds(metadata: str | None) -> frozenset[str]:
+    """``"all"`` (the default), ``"none"``, or a comma-separated list of ``icc``, ``exif``, ``xmp``
+    (as cwebp's ``-metadata``) -> the set kept. Raises :class:`CodecError` for anything else."""
+    text = "all" if metadata is None else str(metadata).strip().lower()
+    if text == "all":
+        return frozenset(METADATA)
+    if text == "none":
+        return frozenset()
+    kinds = frozenset(k.strip() for k in text.split(","))
+    if not kinds or not kinds <= set(METADATA):
+        raise CodecError(f"metadata must be all, none or a list of {', '.join(METADATA)}, got {metadata!r}")
+    return kinds
+
+
+def sections(meta, metadata: str | None = "all") -> tuple:
+    """The container sections that carry ``meta``'s alpha plane and, as ``metadata`` selects
+    (:func:`metadata_kinds`), its ICC profile, EXIF and XMP."""
+    keep = metadata_kinds(metadata)
     out = []
-    if meta.icc_profile:
+    if meta.icc_profile and "icc" in keep:
         out.append(bitstream.Section(bitstream.SECTION_ICC, meta.icc_profile))
     if meta.alpha is not None:
         out.append(bitstream.Section(bitstream.SECTION_ALPHA, meta.alpha))
+    if getattr(meta, "exif", None) and "exif" in keep:
+        out.append(bitstream.Section(bitstream.SECTION_EXIF, meta.exif))
+    if getattr(meta, "xmp", None) and "xmp" in keep:
+        out.append(bitstream.Section(bitstream.SECTION_XMP, meta.xmp))
     return tuple(out)
 
 
@@ -97,34 +120,36 @@ def encoder(model: str | None = None, refine: int = 0, weights: str | os.PathLik
 
 
 def compress_read(rgb: np.ndarray, meta, quality: float = 4.0, *, refine: int = 0,
-                  model: str | None = None, weights=None, progress=None) -> bytes:
+                  model: str | None = None, weights=None, progress=None, metadata: str = "all") -> bytes:
     """:func:`compress` for an input already read with :func:`read` (the command line prints
     ``meta.notices`` itself). ``progress(n)`` is called :func:`vaecodec.codec.work_units`
     times. Raises :class:`CodecError`."""
     from . import codec
     h, w = rgb.shape[:2]
     codec.check_size(h, w)
+    kept = sections(meta, metadata)
     loaded = encoder(model, refine, weights)
     try:
-        return codec.compress_array(rgb, quality, mode=meta.mode, sections=sections(meta),
+        return codec.compress_array(rgb, quality, mode=meta.mode, sections=kept,
                                     model=loaded, progress=progress, refine=refine)
     except _user_errors() as exc:
         raise _as_codec_error(exc) from None
 
 
 def compress_to_target(rgb: np.ndarray, meta, target: str, value: float, *, refine: int = 0,
-                       model: str | None = None, weights=None):
+                       model: str | None = None, weights=None, metadata: str = "all"):
     """Rate control (:mod:`vaecodec.ratecontrol`) for an input read with :func:`read`: the file
     at the quality that meets ``target`` (``"size"`` in bytes, ``"bpp"``, ``"psnr"`` in dB) of
     ``value``. Returns a :class:`vaecodec.ratecontrol.Result` (bytes, chosen quality, whether
     the target was reached). Raises :class:`CodecError`."""
     from . import codec, ratecontrol
     codec.check_size(*rgb.shape[:2])
+    kept = sections(meta, metadata)
     loaded = encoder(model, refine, weights)
     cache: dict = {}
 
     def encode(quality: float, steps: int) -> bytes:
-        return codec.compress_array(rgb, quality, mode=meta.mode, sections=sections(meta),
+        return codec.compress_array(rgb, quality, mode=meta.mode, sections=kept,
                                     model=loaded, refine=steps, analysis=cache)
 
     def decode(data: bytes) -> np.ndarray:
@@ -137,7 +162,8 @@ def compress_to_target(rgb: np.ndarray, meta, target: str, value: float, *, refi
 
 
 def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None = None,
-             size: int | str | None = None, bpp: float | None = None, psnr: float | None = None) -> bytes:
+             size: int | str | None = None, bpp: float | None = None, psnr: float | None = None,
+             metadata: str = "all") -> bytes:
     """Compress an image into the bytes of a ``.vae`` file.
 
     Args:
@@ -156,6 +182,9 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
             ``psnr`` dB. The quality is searched by bisection (``info(data).quality`` tells
             which); a target out of reach gives the closest file and a
             :class:`VaecodecWarning`.
+        metadata: which metadata to keep besides the pixels and alpha: ``"all"`` (default),
+            ``"none"``, or a comma-separated list of ``icc``, ``exif``, ``xmp``. EXIF is kept
+            without its orientation tag (the orientation is applied to the pixels).
 
     Returns:
         The file's bytes; :func:`decompress` restores the image (same size and mode, alpha
@@ -169,6 +198,7 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
         VaecodecWarning: for each lossy or surprising conversion of the input (16-bit to 8,
             CMYK to RGB, a dropped ICC profile, ...).
     """
+    metadata_kinds(metadata)   # refused before any work
     targets = {k: v for k, v in (("size", size), ("bpp", bpp), ("psnr", psnr)) if v is not None}
     if len(targets) > 1:
         raise CodecError(f"give at most one of size, bpp and psnr, got {', '.join(targets)}")
@@ -178,7 +208,7 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
     for notice in meta.notices:
         warnings.warn(notice, VaecodecWarning, stacklevel=2)
     if not targets:
-        return compress_read(rgb, meta, quality, refine=refine, model=model)
+        return compress_read(rgb, meta, quality, refine=refine, model=model, metadata=metadata)
     target, value = next(iter(targets.items()))
     if target == "size" and isinstance(value, str):
         from .ratecontrol import parse_size
@@ -186,7 +216,8 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
             value = parse_size(value)
         except ValueError as exc:
             raise CodecError(str(exc)) from None
-    result = compress_to_target(rgb, meta, target, value, refine=refine, model=model)
+    result = compress_to_target(rgb, meta, target, value, refine=refine, model=model,
+                                metadata=metadata)
     if not result.reached:
         warnings.warn(f"the {target} target {value} is out of reach; coded at quality "
                       f"{result.quality:g}, the closest", VaecodecWarning, stacklevel=2)
@@ -216,7 +247,8 @@ def decode(data, *, weights=None, progress=None):
         decoded = codec.decompress_array(data, model=model, progress=progress)
         found = {s.kind: s.data for s in decoded.sections}
         meta = imageio.ImageMeta(mode=decoded.header.mode, alpha=found.get(bitstream.SECTION_ALPHA),
-                                 icc_profile=found.get(bitstream.SECTION_ICC))
+                                 icc_profile=found.get(bitstream.SECTION_ICC),
+                                 exif=found.get(bitstream.SECTION_EXIF), xmp=found.get(bitstream.SECTION_XMP))
         return imageio.to_image(decoded.rgb, meta), decoded.header
     except TypeError:
         raise CodecError(f"expected the bytes of a .vae file, got {type(data).__name__}") from None
@@ -228,7 +260,8 @@ def decompress(data):
     """Decompress the bytes of a ``.vae`` file into a ``PIL.Image.Image``.
 
     The image has the original's size and mode (``"RGB"``, ``"L"``, ``"RGBA"`` or ``"LA"``;
-    alpha exact) and its ICC profile in ``image.info["icc_profile"]``. It is decoded with the
+    alpha exact), its ICC profile in ``image.info["icc_profile"]``, and the EXIF and XMP it
+    kept in ``image.info["exif"]`` and ``image.info["xmp"]`` (``image.save`` writes them back). It is decoded with the
     model release the file names, so files of every release vaecodec shipped keep decoding.
 
     Raises:
@@ -254,7 +287,8 @@ class FileInfo:
             a training export; its fingerprint names its weights).
         fingerprint: the weights' fingerprint, 16 hex digits.
         format: the container format version.
-        sections: the kinds of side data held (``"ICC profile"``, ``"alpha"``, ``"EXIF"``).
+        sections: the kinds of side data held (``"ICC profile"``, ``"alpha"``, ``"EXIF"``,
+            ``"XMP"``).
     """
 
     width: int
@@ -271,7 +305,7 @@ class FileInfo:
 
 
 SECTION_NAMES = {bitstream.SECTION_ICC: "ICC profile", bitstream.SECTION_ALPHA: "alpha",
-                 bitstream.SECTION_EXIF: "EXIF"}
+                 bitstream.SECTION_EXIF: "EXIF", bitstream.SECTION_XMP: "XMP"}
 
 
 def info(data) -> FileInfo:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAGIC", "VERSION", "RELEASE_ID_MAX", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
-    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_KINDS", "ALPHA_MODES",
+    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_XMP", "SECTION_KINDS", "ALPHA_MODES",
     "BitstreamError", "Section", "TileStreams", "Header", "Container",
     "pack", "unpack", "peek_header", "read_file", "stream_limit", "tile_starts", "size_problem",
     "check_magic", "release_id_problem",
@@ -45,8 +45,9 @@ ALPHA_MODES = frozenset({"RGBA", "LA"})   # modes whose files carry an alpha sec
 
 SECTION_ICC = 1       # ICC colour profile of the original image (raw profile bytes)
 SECTION_ALPHA = 2     # alpha plane, compressed by the codec (opaque bytes); RGBA / LA files only
-SECTION_EXIF = 3      # EXIF metadata (raw bytes); reserved, not written by vaecodec yet
-SECTION_KINDS = frozenset({SECTION_ICC, SECTION_ALPHA, SECTION_EXIF})
+SECTION_EXIF = 3      # EXIF metadata: the TIFF-structured block, without the "Exif\0\0" prefix
+SECTION_XMP = 4       # XMP metadata: the XMP packet (UTF-8 XML)
+SECTION_KINDS = frozenset({SECTION_ICC, SECTION_ALPHA, SECTION_EXIF, SECTION_XMP})
 
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
 
@@ -80,8 +81,9 @@ class Section:
         kind: what ``data`` is. 1 (:data:`SECTION_ICC`): the ICC colour profile of the original
             image; 2 (:data:`SECTION_ALPHA`): the alpha plane, compressed by the codec (opaque
             here), allowed only when the image mode is ``"RGBA"`` or ``"LA"``; 3
-            (:data:`SECTION_EXIF`): EXIF metadata (reserved). Other kinds are refused, and each
-            kind appears at most once per file.
+            (:data:`SECTION_EXIF`): EXIF metadata (without the orientation tag, which the
+            encoder applied); 4 (:data:`SECTION_XMP`): the XMP packet. Other kinds are refused,
+            and each kind appears at most once per file.
         data: the payload, 0 to 2**32 - 1 bytes.
     """
 

@@ -400,7 +400,7 @@ def info(file: Path):
     except releases.ReleaseError:
         release = (f"{h.release} (not in this vaecodec: a newer one decodes it)" if h.release
                    else "none (weights that are no release)")
-    kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF"}
+    kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF", 4: "XMP"}
     click.echo(f"file:        {_shown(file)} ({len(data):,} bytes)\n"
                f"image:       {h.width}x{h.height} {h.mode}\n"
                f"bpp:         {8 * len(data) / (h.width * h.height):.4f}\n"

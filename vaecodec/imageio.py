@@ -104,12 +104,18 @@ class ImageMeta:
         notices: one-line, human-readable notes about lossy or surprising
             conversions done while reading (e.g. ``"16-bit image coded at 8
             bits"``).  Empty when the image was taken as is.
+        exif: the EXIF metadata (camera, date, GPS, ...) as a TIFF-structured
+            block without the ``Exif\\0\\0`` prefix and without the orientation
+            tag (the orientation is applied to the pixels), or ``None``.
+        xmp: the XMP packet (UTF-8 XML bytes), or ``None``.
     """
 
     mode: str
     alpha: bytes | None = None
     icc_profile: bytes | None = None
     notices: list[str] = field(default_factory=list)
+    exif: bytes | None = None
+    xmp: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -556,6 +562,7 @@ def _to_codec_input(im: Image.Image, name: str, icc: bytes | None, rawmode: str,
             im = ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - malformed EXIF must not stop us
         notices.append("unreadable EXIF data ignored (orientation not applied)")
+    exif, xmp = _metadata(im, notices)
 
     try:
         pixels, mode, alpha, icc = _normalise(im, icc, rawmode, notices)
@@ -582,8 +589,34 @@ def _to_codec_input(im: Image.Image, name: str, icc: bytes | None, rawmode: str,
         alpha=None if alpha is None else encode_alpha(alpha),
         icc_profile=icc,
         notices=notices,
+        exif=exif,
+        xmp=xmp,
     )
     return rgb, meta
+
+
+EXIF_PREFIX = b"Exif\x00\x00"   # how JPEG's APP1 and Pillow's info["exif"] start
+
+
+def _metadata(im: Image.Image, notices: list[str]) -> tuple[bytes | None, bytes | None]:
+    """The EXIF block (without its ``Exif\\0\\0`` prefix and without the orientation tag,
+    which has been applied) and the XMP packet of ``im``, each ``None`` when absent. Raw bytes
+    are kept as read unless the orientation tag has to go."""
+    exif = None
+    raw = im.info.get("exif")
+    if isinstance(raw, (bytes, bytearray)) and raw:
+        try:
+            tags = im.getexif()
+            if 0x0112 in tags:   # orientation: applied to the pixels, so not kept
+                del tags[0x0112]
+                raw = tags.tobytes()
+            exif = bytes(raw[len(EXIF_PREFIX):] if raw.startswith(EXIF_PREFIX) else raw) or None
+        except Exception:  # noqa: BLE001 - malformed EXIF must not stop us
+            notices.append("unreadable EXIF data dropped")
+    xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return exif, (bytes(xmp) if isinstance(xmp, (bytes, bytearray)) and xmp else None)
 
 
 # --------------------------------------------------------------------------
@@ -765,6 +798,10 @@ def to_image(rgb: np.ndarray, meta: ImageMeta) -> Image.Image:
         image = image.convert(meta.mode)
     if meta.icc_profile:
         image.info["icc_profile"] = meta.icc_profile
+    if meta.exif:
+        image.info["exif"] = EXIF_PREFIX + meta.exif
+    if meta.xmp:
+        image.info["xmp"] = meta.xmp
     return image
 
 
@@ -964,6 +1001,21 @@ def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) 
     params: dict[str, object] = {}
     if fmt != "BMP":
         params["icc_profile"] = icc  # explicit None also stops image.info's profile
+    exif, xmp = image.info.get("exif"), image.info.get("xmp")
+    if fmt == "BMP" and (exif or xmp):
+        notices.append("BMP cannot carry EXIF or XMP metadata; dropped")
+    elif fmt != "BMP":
+        if exif:
+            params["exif"] = exif
+        if xmp and fmt == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+            info = PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+            params["pnginfo"] = info
+        elif xmp and fmt == "TIFF":
+            params["tiffinfo"] = {700: xmp}   # XMP's TIFF tag
+        elif xmp:
+            params["xmp"] = xmp
     if fmt == "TIFF" and features.check_codec("libtiff"):
         params["compression"] = "tiff_deflate"
     elif fmt == "WEBP":
@@ -974,6 +1026,11 @@ def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) 
 
     buf = io.BytesIO()
     try:
+        if fmt == "TIFF" and "exif" in params:
+            # libtiff refuses EXIF with sub-IFDs (GPS, Exif IFD), and Pillow takes either EXIF
+            # or tiffinfo: TIFF keeps the XMP and drops the EXIF, with a notice
+            params.pop("exif")
+            notices.append("TIFF output does not keep EXIF metadata; use .png, .jpg or .webp to keep it")
         image.save(buf, format=fmt, **params)
     except MemoryError:
         raise ImageError(f"not enough memory to encode {name}") from None

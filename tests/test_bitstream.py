@@ -469,7 +469,7 @@ def test_missing_section_refused():
 
 def test_bad_sections_refused():
     base = Container(header=header(mode="RGBA"), tiles=(), sections=(Section(1, b"x"),))
-    for kind in (0, 4, 255):
+    for kind in (0, 5, 255):
         bad = patch(pack(base), END, ">B", kind)
         refused(bad, "unknown section kind")
     dup = Container(header=header(mode="RGBA"), tiles=(),

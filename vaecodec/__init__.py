@@ -5,11 +5,22 @@
     image = vaecodec.decompress(data)                     # a PIL.Image.Image
     vaecodec.info(data)                                   # header fields, no decoding
 
-Importing the package also registers ``.vae`` with Pillow (``Image.open``, ``Image.save``).
-The model (PyTorch) is loaded on first use, not at import.
+Importing the package registers ``.vae`` with Pillow (``Image.open``, ``Image.save``). It stays
+light: the API module (numpy) loads on first use of its names, the model (PyTorch) on first
+coding.
 """
-from .api import FileInfo, VaecodecWarning, compress, decompress, info
 from .errors import CodecError
 from . import pillow_plugin as _pillow_plugin  # noqa: F401  (registers the format)
 
 __all__ = ["compress", "decompress", "info", "FileInfo", "CodecError", "VaecodecWarning"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'vaecodec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -5,7 +5,10 @@
 1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is cut into tiles:
    one tile when both sides are at most :data:`TILE` pixels, else a grid of ``TILE``-pixel tiles
    overlapping by :data:`OVERLAP` pixels. Each tile is edge-padded to a multiple of 64 and coded
-   independently (its own ``z`` and ``y``), so memory stays bounded by one tile.
+   independently (its own ``z`` and ``y``), so memory stays bounded by one tile: its latents come
+   from :func:`vaecodec.refine.refine_latents` (the analysis transforms' own without refinement
+   steps), which the model entropy-codes
+   (:meth:`vaecodec.model.MeanScaleHyperprior.code_latents`).
 2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
    linear ramps so no seam shows; the output has exactly the input's height and width.
 
@@ -25,6 +28,7 @@ import torch
 from . import bitstream
 from .errors import CodecError   # re-exported: an image that cannot be coded, a file that does not fit
 from .model import STRIDE
+from .refine import refine_latents
 
 TILE = 1024
 OVERLAP = 64
@@ -205,7 +209,8 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
         x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
-        s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step, size=(h, w))
+        y, z = refine_latents(model, x, quality_milli / 1000, int(refine), progress=step, size=(h, w))
+        s = model.code_latents(y, z)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
         if progress:

@@ -1,5 +1,5 @@
 """The package's modules import each other top-down: no import cycles, and no module imports a
-layer above its own.
+layer above its own; and the light commands (``--help``, ``info``) load no heavy module.
 
 The imports are read statically (``ast``), at module level and inside functions alike, so a
 lazy import that only runs on some path counts as much as one at the top of a file.
@@ -7,9 +7,11 @@ lazy import that only runs on some path counts as much as one at the top of a fi
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from conftest import ROOT
@@ -175,3 +177,73 @@ def test_a_cycle_is_found_and_named(tmp_path):
 ])
 def test_find_cycle_on_small_graphs(graph, expected):
     assert find_cycle(graph) == expected
+
+
+# -------------------------------------------------------------------- what the commands load
+HEAVY = ("matplotlib", "scipy", "torch", "vaecodec.benchmark")
+
+
+def loaded_modules(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``vaecodec ARGS`` in a fresh interpreter; its result and the modules it had
+    imported when it exited."""
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from vaecodec.cli import main\n"
+            "try:\n"
+            "    main(sys.argv[1:], prog_name='vaecodec')\n"
+            "finally:\n"
+            "    print('MODULES', *sorted(sys.modules), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    line = next(l for l in out.stderr.splitlines() if l.startswith("MODULES "))
+    return out, set(line.split()[1:])
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_help_loads_neither_the_benchmark_nor_torch():
+    out, modules = loaded_modules("--help")
+    assert out.returncode == 0 and "benchmark   Rate-distortion benchmark" in out.stdout
+    assert "vaecodec.cli" in modules
+    assert heavy(modules) == []
+
+
+def test_info_loads_neither_the_benchmark_nor_torch():
+    vae = ROOT / "bitstream" / "conformance" / "2026.12" / "rgb-64x64-q1.vae"
+    out, modules = loaded_modules("info", str(vae))
+    assert out.returncode == 0, out.stderr
+    assert "image:       64x64 RGB" in out.stdout and "release:     2026.12" in out.stdout
+    assert "vaecodec.releases" in modules
+    assert heavy(modules) == []
+
+
+def test_the_benchmark_command_loads_when_it_runs():
+    out, modules = loaded_modules("benchmark", "--codecs", "png")
+    assert out.returncode == 2 and "unknown codec 'png'" in out.stderr
+    assert "vaecodec.benchmark.command" in modules
+
+
+def test_the_lazy_benchmark_entry_matches_the_real_command():
+    from click.testing import CliRunner
+
+    from vaecodec import cli
+    from vaecodec.benchmark import benchmark_command
+    lazy = cli.main.commands["benchmark"]
+    assert isinstance(lazy, cli.LazyCommand) and lazy.load() is benchmark_command
+    for limit in (45, 60, 200):
+        assert lazy.get_short_help_str(limit) == benchmark_command.get_short_help_str(limit)
+    res = CliRunner().invoke(cli.main, ["benchmark", "--help"])
+    assert res.exit_code == 0 and "--reuse CODECS" in res.output and "--jobs" in res.output
+
+
+def test_a_lazy_command_whose_module_is_missing_fails_in_one_line():
+    from click.testing import CliRunner
+
+    from vaecodec import cli
+    group = click.Group(commands=[cli.LazyCommand("gone", "vaecodec.no_such_module:command", "Gone.")])
+    res = CliRunner().invoke(group, ["gone"])
+    assert res.exit_code == 1
+    assert res.output == ("Error: the gone command cannot be loaded: "
+                          "No module named 'vaecodec.no_such_module'\n")

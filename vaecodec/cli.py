@@ -6,6 +6,7 @@ and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see o
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import math
 import os
@@ -548,8 +549,30 @@ def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | Non
     _export(checkpoint, out, "float16" if float16 else "float32")
 
 
-try:
-    from .benchmark import benchmark_command
-    main.add_command(benchmark_command)
-except ImportError:  # pragma: no cover - benchmark extras missing
-    pass
+class LazyCommand(click.Command):
+    """A subcommand that ``--help`` lists by its name and ``help`` text, but whose module is
+    imported only when the command runs or shows its own help: ``target`` names the real
+    :class:`click.Command` as ``"module:attribute"``. A module that cannot be imported ends the
+    command with a one-line :class:`click.ClickException`."""
+
+    def __init__(self, name: str, target: str, help: str):
+        super().__init__(name, help=help, add_help_option=False)
+        self.target = target
+
+    def load(self) -> click.Command:
+        """The real command (importing its module)."""
+        module, _, attribute = self.target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:
+            raise click.ClickException(f"the {self.name} command cannot be loaded: {exc}") from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        # the real command parses the arguments; Group.invoke then runs ``ctx.command``
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+# matplotlib, scipy and the other codecs' adapters load only for `vaecodec benchmark`
+main.add_command(LazyCommand(
+    "benchmark", "vaecodec.benchmark.command:benchmark_command",
+    "Rate-distortion benchmark of vaecodec against JPEG, WebP, AVIF, JPEG XL and JPEG 2000."))

@@ -25,14 +25,14 @@ LAYERS = (
     {"vaecodec.errors", "vaecodec.bitstream", "vaecodec.hardware", "vaecodec.transforms",
      "vaecodec.entropy", "vaecodec.integer", "vaecodec.metrics", "vaecodec.alpha",
      "vaecodec.fileio"},
-    # 1: the model, the release registry, image files
-    {"vaecodec.model", "vaecodec.releases", "vaecodec.imageio"},
+    # 1: the model, the release registry
+    {"vaecodec.model", "vaecodec.releases"},
     # 2: what the coder builds on the model
     {"vaecodec.refine", "vaecodec.weights"},
-    # 3: the .vae coder
+    # 3: the .vae coder (arrays in, arrays out)
     {"vaecodec.codec"},
-    # 4: the library API and the Pillow plugin it backs
-    {"vaecodec", "vaecodec.api", "vaecodec.pillow_plugin"},
+    # 4: image files, the library API and the Pillow plugin it backs
+    {"vaecodec", "vaecodec.api", "vaecodec.imageio", "vaecodec.pillow_plugin"},
     # 5: programs on top: command line, training, benchmarking
     {"vaecodec.cli", "vaecodec.__main__", "vaecodec.train", "vaecodec.datapack",
      "vaecodec.benchmark"},
@@ -134,6 +134,8 @@ def test_the_graph_sees_module_level_and_lazy_imports():
     assert "vaecodec.weights" in graph["vaecodec.codec"]            # from . import weights (lazy)
     assert "vaecodec.refine" in graph["vaecodec.codec"]             # the refinement step
     assert "vaecodec.hardware" in graph["vaecodec.refine"]          # the bf16 probe
+    assert "vaecodec.alpha" in graph["vaecodec.codec"]              # checks an alpha section
+    assert "vaecodec.fileio" in graph["vaecodec.imageio"]           # writes image files
     assert "vaecodec.api" in graph["vaecodec"]                      # the package's own __init__
 
 

@@ -25,7 +25,7 @@ GLIBC_FAST_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_th
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Exception types whose message is meant for the user (imported lazily: torch is slow)."""
     from .bitstream import BitstreamError
-    from .imageio import ImageError
+    from .errors import ImageError
     from .releases import ReleaseError
     errors = [BitstreamError, ImageError, ReleaseError, OSError, MemoryError]
     try:
@@ -273,21 +273,21 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
     """Refuse an OUTPUT that cannot be written before any coding work is done: standard output
     that is a terminal (for binary ``stdout_what``), the input itself, an unknown image
     extension, a missing or read-only directory, an existing file without --force."""
-    from . import imageio
+    from . import fileio, imageio
     if _is_stdio(output):
         _check_stdout(stdout_what)
         return
     if _is_stdio(input):
         _check_not_stdin(output)
     else:
-        imageio.check_distinct(input, output)
+        fileio.check_distinct(input, output)
     if os.path.isdir(output):   # before the extension, which a directory rarely has
         raise imageio.ImageError(f"cannot write {output}: it is a directory")
     if image and output.suffix.lower() not in imageio.WRITE_FORMATS:
         shown = f"'{output.suffix.lower()}'" if output.suffix else "no extension"
         raise imageio.ImageError(f"cannot write {output}: unknown image extension ({shown}); "
                                  f"use one of {', '.join(imageio.WRITE_FORMATS)}")
-    _, _, parent = imageio._resolve_target(output, force)
+    _, _, parent = fileio.resolve_target(output, force)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise imageio.ImageError(f"cannot write {output}: permission denied")
 
@@ -319,7 +319,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
     INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
     standard output (messages then go to standard error).
     """
-    from . import api, codec, imageio
+    from . import api, codec, fileio
     if release is not None and weights is not None:
         raise click.UsageError("give --model or --weights, not both")
     stdin, stdout = _is_stdio(input), _is_stdio(output)
@@ -342,7 +342,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
     if stdout:
         _write_stdout(data)
     else:
-        imageio.atomic_write_bytes(output, data, force=force)
+        fileio.atomic_write_bytes(output, data, force=force)
     click.echo(f"{_shown(input)} -> {_shown(output, True)}: {len(data):,} bytes, "
                f"{8 * len(data) / (h * w):.3f} bpp, {w}x{h} {meta.mode}, "
                f"quality {round(quality * 1000) / 1000:g}, {seconds:.2f} s", err=stdout)

@@ -153,8 +153,8 @@ def _check_mode(mode: str, sections, height: int, width: int) -> None:
     alpha = [s for s in sections if getattr(s, "kind", None) == bitstream.SECTION_ALPHA]
     if mode in bitstream.ALPHA_MODES:
         if not alpha:
-            raise CodecError(f"mode {mode} needs an alpha section (imageio.encode_alpha)")
-        from .imageio import decode_alpha
+            raise CodecError(f"mode {mode} needs an alpha section (vaecodec.alpha.encode_alpha)")
+        from .alpha import decode_alpha
         try:
             decode_alpha(alpha[0].data, height, width)
         except ValueError as exc:

@@ -6,8 +6,8 @@ The glibc allocator setting only takes effect when a process starts, so every me
 in a child process, with or without ``GLIBC_TUNABLES``; settings alternate round by round (the
 cores here are shared and noisy: compare the ratios within one run). Prints a Markdown table;
 the baseline is the plain fp32 eager loop without the allocator setting. bf16 settings are
-skipped on a CPU without native bf16 (``vaecodec.train.native_bf16``): there autocast falls back
-to reference kernels and one step takes minutes.
+skipped on a CPU without native bf16 (``vaecodec.hardware.native_bf16``): there autocast falls
+back to reference kernels and one step takes minutes.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def main() -> None:
         print(json.dumps(child(b, c, p, t, cl, args.steps, args.N, args.M)))
         return
     import torch
-    from vaecodec.train import native_bf16
+    from vaecodec.hardware import native_bf16
     bf16 = native_bf16(torch.device("cpu"))
     results: dict[tuple, list[float]] = {s: [] for s in SETTINGS}
     for _ in range(args.rounds):

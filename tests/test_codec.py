@@ -92,11 +92,11 @@ def test_compress_array_refuses_non_arrays_and_empty_images(model):
 
 
 def test_compress_array_with_alpha_round_trips(model):
-    from vaecodec import imageio
-    alpha = np.arange(32 * 48, dtype=np.uint8).reshape(32, 48)
-    section = bitstream.Section(bitstream.SECTION_ALPHA, imageio.encode_alpha(alpha))
+    from vaecodec.alpha import decode_alpha, encode_alpha
+    plane = np.arange(32 * 48, dtype=np.uint8).reshape(32, 48)
+    section = bitstream.Section(bitstream.SECTION_ALPHA, encode_alpha(plane))
     data = codec.compress_array(photo_crop(32, 48), mode="RGBA", sections=(section,), model=model)
     decoded = codec.decompress_array(data, model=model)
     assert decoded.header.mode == "RGBA"
     stored = dict((s.kind, s.data) for s in decoded.sections)[bitstream.SECTION_ALPHA]
-    assert np.array_equal(imageio.decode_alpha(stored, 32, 48), alpha)
+    assert np.array_equal(decode_alpha(stored, 32, 48), plane)

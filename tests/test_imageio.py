@@ -14,18 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
-from vaecodec import imageio
-from vaecodec.imageio import (
-    ImageError,
-    ImageMeta,
-    atomic_write_bytes,
-    check_distinct,
-    decode_alpha,
-    encode_alpha,
-    read_image,
-    to_image,
-    write_image,
-)
+from vaecodec import fileio, imageio
+from vaecodec.alpha import decode_alpha, encode_alpha
+from vaecodec.fileio import atomic_write_bytes, check_distinct
+from vaecodec.imageio import ImageError, ImageMeta, read_image, to_image, write_image
 
 RNG = np.random.default_rng(1234)
 
@@ -778,8 +770,8 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch, force):
     def boom(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(imageio.os, "replace", boom)
-    monkeypatch.setattr(imageio.os, "link", boom)
+    monkeypatch.setattr(fileio.os, "replace", boom)
+    monkeypatch.setattr(fileio.os, "link", boom)
     p = tmp_path / "o.png"
     with pytest.raises(ImageError, match=r"^cannot write .*o\.png: no space left on device$"):
         write_image(p, Image.fromarray(rand((4, 4, 3))), None, force=force)
@@ -797,7 +789,7 @@ def test_permission_denied_message(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(imageio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", denied)
     with pytest.raises(ImageError, match=r"^cannot write .*o\.vae: permission denied$"):
         atomic_write_bytes(tmp_path / "o.vae", b"x")
     assert listing(tmp_path) == []

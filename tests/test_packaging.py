@@ -28,5 +28,8 @@ def test_wheel_installs_weights_as_package_data(tmp_path):
     where, fp = out.stdout.split()
     assert where.startswith(str(target)) and Path(where).parent.name == "pretrained"
     assert (Path(where) / "release.json").is_file()
+    # the benchmark subpackage ships too (`vaecodec benchmark` imports it when it runs)
+    assert {p.name for p in (target / "vaecodec" / "benchmark").glob("*.py")} == \
+        {p.name for p in (ROOT / "vaecodec" / "benchmark").glob("*.py")}
     from vaecodec.codec import get_model
     assert fp == get_model().coding.fingerprint.hex()

@@ -190,7 +190,7 @@ def test_refinement_spends_nothing_on_the_padding(refining_model):
     lmbda = m.lmbda(2.0)
 
     def cost(size):
-        s = m.compress(x, 2.0, refine=20, size=size)
+        s = m.code_latents(*refine.refine_latents(m, x, 2.0, 20, size=size))
         bits = 8 * sum(len(s[k]) for k in ("z_stream", "y_stream", "escapes"))
         x_hat = torch.round(m.decompress(s, 2.0)[:, :, :, :128].clamp(0, 1) * 255)
         return bits / 128**2 + lmbda * float(((x_hat - x[:, :, :, :128] * 255) ** 2).mean())
@@ -209,3 +209,14 @@ def test_learning_rate_keeps_the_step_budget():
 def test_refine_refuses_a_size_that_is_not_inside_x(refining_model, size):
     with pytest.raises(ValueError, match="size must be"):
         refine.refine_latents(refining_model, torch.rand(1, 3, 64, 64), 4.0, steps=1, size=size)
+
+
+def test_zero_steps_code_the_analysis_transforms_latents(model):
+    """``refine_latents`` with no steps returns :meth:`analyse`'s latents, and
+    :meth:`compress` codes exactly those: the plain and the refining path share one coder."""
+    x = torch.from_numpy(photo_crop(64, 128)).permute(2, 0, 1)[None].float() / 255
+    y, z = refine.refine_latents(model, x, 3.5, 0)
+    y0, z0 = model.analyse(x, 3.5)
+    assert y.shape == (1, model.M, 4, 8) and z.shape == (1, model.N, 1, 2)
+    assert torch.equal(y, y0) and torch.equal(z, z0)
+    assert model.compress(x, 3.5) == model.code_latents(y, z)

@@ -225,7 +225,7 @@ def test_auto_precision_follows_native_bf16(monkeypatch):
 
 def test_no_native_bf16_on_an_avx2_cpu():
     """On an AVX2-only CPU, bf16 convolutions run on reference kernels (~80x slower)."""
-    from vaecodec.train import native_bf16
+    from vaecodec.hardware import native_bf16
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         pytest.skip("this CPU has AVX-512 (or no AVX2)")
     assert not native_bf16(torch.device("cpu"))

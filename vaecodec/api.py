@@ -39,7 +39,7 @@ class VaecodecWarning(UserWarning):
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user, turned into :class:`CodecError`."""
     from .entropy import EntropyCodingError
-    from .imageio import ImageError
+    from .errors import ImageError
     from .releases import ReleaseError
     from .weights import WeightsError
     return (bitstream.BitstreamError, ImageError, ReleaseError, WeightsError, EntropyCodingError)

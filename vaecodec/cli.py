@@ -6,6 +6,7 @@ and a non-zero exit status, never a traceback (set ``VAECODEC_DEBUG=1`` to see o
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import math
 import os
@@ -24,7 +25,7 @@ GLIBC_FAST_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_th
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Exception types whose message is meant for the user (imported lazily: torch is slow)."""
     from .bitstream import BitstreamError
-    from .imageio import ImageError
+    from .errors import ImageError
     from .releases import ReleaseError
     errors = [BitstreamError, ImageError, ReleaseError, OSError, MemoryError]
     try:
@@ -272,21 +273,21 @@ def _check_output(input: Path, output: Path, force: bool, stdout_what: str, imag
     """Refuse an OUTPUT that cannot be written before any coding work is done: standard output
     that is a terminal (for binary ``stdout_what``), the input itself, an unknown image
     extension, a missing or read-only directory, an existing file without --force."""
-    from . import imageio
+    from . import fileio, imageio
     if _is_stdio(output):
         _check_stdout(stdout_what)
         return
     if _is_stdio(input):
         _check_not_stdin(output)
     else:
-        imageio.check_distinct(input, output)
+        fileio.check_distinct(input, output)
     if os.path.isdir(output):   # before the extension, which a directory rarely has
         raise imageio.ImageError(f"cannot write {output}: it is a directory")
     if image and output.suffix.lower() not in imageio.WRITE_FORMATS:
         shown = f"'{output.suffix.lower()}'" if output.suffix else "no extension"
         raise imageio.ImageError(f"cannot write {output}: unknown image extension ({shown}); "
                                  f"use one of {', '.join(imageio.WRITE_FORMATS)}")
-    _, _, parent = imageio._resolve_target(output, force)
+    _, _, parent = fileio.resolve_target(output, force)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise imageio.ImageError(f"cannot write {output}: permission denied")
 
@@ -318,7 +319,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
     INPUT "-" reads the image from standard input; OUTPUT "-" writes the .vae file to
     standard output (messages then go to standard error).
     """
-    from . import api, codec, imageio
+    from . import api, codec, fileio
     if release is not None and weights is not None:
         raise click.UsageError("give --model or --weights, not both")
     stdin, stdout = _is_stdio(input), _is_stdio(output)
@@ -341,7 +342,7 @@ def compress(input: Path, output: Path, quality: float, refine: int, force: bool
     if stdout:
         _write_stdout(data)
     else:
-        imageio.atomic_write_bytes(output, data, force=force)
+        fileio.atomic_write_bytes(output, data, force=force)
     click.echo(f"{_shown(input)} -> {_shown(output, True)}: {len(data):,} bytes, "
                f"{8 * len(data) / (h * w):.3f} bpp, {w}x{h} {meta.mode}, "
                f"quality {round(quality * 1000) / 1000:g}, {seconds:.2f} s", err=stdout)
@@ -548,8 +549,30 @@ def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | Non
     _export(checkpoint, out, "float16" if float16 else "float32")
 
 
-try:
-    from .benchmark import benchmark_command
-    main.add_command(benchmark_command)
-except ImportError:  # pragma: no cover - benchmark extras missing
-    pass
+class LazyCommand(click.Command):
+    """A subcommand that ``--help`` lists by its name and ``help`` text, but whose module is
+    imported only when the command runs or shows its own help: ``target`` names the real
+    :class:`click.Command` as ``"module:attribute"``. A module that cannot be imported ends the
+    command with a one-line :class:`click.ClickException`."""
+
+    def __init__(self, name: str, target: str, help: str):
+        super().__init__(name, help=help, add_help_option=False)
+        self.target = target
+
+    def load(self) -> click.Command:
+        """The real command (importing its module)."""
+        module, _, attribute = self.target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:
+            raise click.ClickException(f"the {self.name} command cannot be loaded: {exc}") from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        # the real command parses the arguments; Group.invoke then runs ``ctx.command``
+        return self.load().make_context(info_name, args, parent=parent, **extra)
+
+
+# matplotlib, scipy and the other codecs' adapters load only for `vaecodec benchmark`
+main.add_command(LazyCommand(
+    "benchmark", "vaecodec.benchmark.command:benchmark_command",
+    "Rate-distortion benchmark of vaecodec against JPEG, WebP, AVIF, JPEG XL and JPEG 2000."))

@@ -5,7 +5,10 @@
 1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is cut into tiles:
    one tile when both sides are at most :data:`TILE` pixels, else a grid of ``TILE``-pixel tiles
    overlapping by :data:`OVERLAP` pixels. Each tile is edge-padded to a multiple of 64 and coded
-   independently (its own ``z`` and ``y``), so memory stays bounded by one tile.
+   independently (its own ``z`` and ``y``), so memory stays bounded by one tile: its latents come
+   from :func:`vaecodec.refine.refine_latents` (the analysis transforms' own without refinement
+   steps), which the model entropy-codes
+   (:meth:`vaecodec.model.MeanScaleHyperprior.code_latents`).
 2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
    linear ramps so no seam shows; the output has exactly the input's height and width.
 
@@ -25,6 +28,7 @@ import torch
 from . import bitstream
 from .errors import CodecError   # re-exported: an image that cannot be coded, a file that does not fit
 from .model import STRIDE
+from .refine import refine_latents
 
 TILE = 1024
 OVERLAP = 64
@@ -149,8 +153,8 @@ def _check_mode(mode: str, sections, height: int, width: int) -> None:
     alpha = [s for s in sections if getattr(s, "kind", None) == bitstream.SECTION_ALPHA]
     if mode in bitstream.ALPHA_MODES:
         if not alpha:
-            raise CodecError(f"mode {mode} needs an alpha section (imageio.encode_alpha)")
-        from .imageio import decode_alpha
+            raise CodecError(f"mode {mode} needs an alpha section (vaecodec.alpha.encode_alpha)")
+        from .alpha import decode_alpha
         try:
             decode_alpha(alpha[0].data, height, width)
         except ValueError as exc:
@@ -213,7 +217,8 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
         if analysis is not None and not refine:
             s = _code_cached(model, x, quality_milli / 1000, analysis, (top, left))
         else:
-            s = model.compress(x, quality_milli / 1000, refine=int(refine), progress=step, size=(h, w))
+            y, z = refine_latents(model, x, quality_milli / 1000, int(refine), progress=step, size=(h, w))
+            s = model.code_latents(y, z)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
         if progress:
@@ -233,7 +238,7 @@ def _code_cached(model, x: torch.Tensor, quality: float, analysis: dict, key) ->
         analysis[key] = model.g_a(x)
     gain, _ = model.gains(quality)
     y = analysis[key] * gain.detach()[:, None, None]
-    return model._code(y, model.h_a(y))
+    return model.code_latents(y, model.h_a(y))
 
 
 def _streams(t: "bitstream.TileStreams") -> dict:

@@ -1,4 +1,4 @@
-"""Image input/output for the vaecodec command line tool.
+"""Image files in and out of the codec: any image Pillow reads, to RGB and back.
 
 The codec itself only ever sees a ``(H, W, 3)`` ``uint8`` RGB array.  This
 module does everything around that:
@@ -8,14 +8,13 @@ module does everything around that:
   that records what is needed to give the user back an image of the same
   kind (grey or colour, alpha plane, ICC profile) and one-line notices about
   anything that was changed on the way (16-bit reduced to 8 bits, CMYK
-  converted, palette expanded, ...).
-* :func:`encode_alpha` / :func:`decode_alpha` store an alpha plane losslessly.
+  converted, palette expanded, ...). The alpha plane is kept as the bytes of
+  :func:`vaecodec.alpha.encode_alpha`.
 * :func:`to_image` turns a decoded RGB array and the metadata back into a
   :class:`PIL.Image.Image` of the original mode.
-* :func:`write_image` and :func:`atomic_write_bytes` write files atomically
-  (temporary file in the target directory + rename), never overwrite unless
-  asked to, and never leave partial files behind.
-* :func:`check_distinct` refuses to let the output clobber the input.
+* :func:`write_image` encodes an image in the format its file name's
+  extension selects and writes it atomically
+  (:func:`vaecodec.fileio.atomic_write_bytes`).
 
 Every user-facing failure is an :class:`ImageError` whose message is a single
 line that names the file concerned.
@@ -26,20 +25,21 @@ Only the standard library, numpy and Pillow are used (no torch).
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import os
 import re
 import stat
-import tempfile
 import threading
 import warnings
-import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from .alpha import decode_alpha, encode_alpha
+from .errors import ImageError, one_line
+from .fileio import PathLike, atomic_write_bytes, display_name, os_reason, resolve_target
 
 __all__ = [
     "ImageError",
@@ -48,15 +48,13 @@ __all__ = [
     "MODES",
     "WRITE_FORMATS",
     "read_image",
-    "encode_alpha",
-    "decode_alpha",
+    "read_image_bytes",
+    "read_pil",
     "to_image",
     "write_image",
-    "atomic_write_bytes",
-    "check_distinct",
+    "check_output_mode",
+    "encode_png",
 ]
-
-PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 #: Largest image (in pixels, width * height) :func:`read_image` accepts by default.
 #: 2**30 pixels is 3 GiB as 8-bit RGB, already far beyond what the codec can
@@ -87,10 +85,6 @@ _JPEG_QUALITY = 95
 # (6x faster) and 620 kB (+11 %), level 3 0.084 s and 600 kB. Level 1 saves a third of a
 # decode; run the PNG through an optimiser (oxipng, zopflipng) when its size matters.
 PNG_LEVEL = 1
-
-
-class ImageError(ValueError):
-    """A user-facing image I/O problem; ``str(err)`` is one line naming the file."""
 
 
 @dataclass
@@ -132,39 +126,6 @@ class ImageMeta:
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-
-
-def _name(path: PathLike) -> str:
-    """The path as it should appear in a (one-line) message."""
-    s = os.fsdecode(os.fspath(path))
-    if any(ord(c) < 32 or ord(c) == 127 for c in s):
-        return repr(s)
-    return s
-
-
-def _oneline(obj: object) -> str:
-    """``str(obj)`` with all whitespace runs (newlines included) collapsed."""
-    return " ".join(str(obj).split())
-
-
-_ERRNO_TEXT = {
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ENOSPC: "no space left on device",
-    errno.EROFS: "read-only file system",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.ENAMETOOLONG: "file name too long",
-    errno.EISDIR: "it is a directory",
-    errno.ENOTDIR: "a parent of it is not a directory",
-    errno.ENOENT: "no such file or directory",
-}
-
-
-def _os_reason(err: OSError) -> str:
-    """A short lower-case reason for an OSError."""
-    if err.errno in _ERRNO_TEXT:
-        return _ERRNO_TEXT[err.errno]
-    return _oneline(err.strerror or err).lower() or "unknown error"
 
 
 def _icc_colour_space(icc: bytes) -> str | None:
@@ -299,7 +260,7 @@ def _convert_lab(im: Image.Image) -> tuple[Image.Image, str]:
         if out is not None and out.mode == "RGB":
             return out, "Lab image converted to sRGB"
     except Exception as err:  # noqa: BLE001
-        raise ImageError(f"cannot convert the Lab image to RGB: {_oneline(err)}") from None
+        raise ImageError(f"cannot convert the Lab image to RGB: {one_line(err)}") from None
     raise ImageError("cannot convert the Lab image to RGB")
 
 
@@ -406,7 +367,7 @@ def _normalise(
     try:
         arr = np.array(im.convert(target))
     except (ValueError, OSError) as err:
-        raise ImageError(f"unsupported image mode {mode} ({_oneline(err)})") from None
+        raise ImageError(f"unsupported image mode {mode} ({one_line(err)})") from None
     notices.append(f"{mode} image converted to {target}")
     if target == "RGBA":
         return arr[..., :3].copy(), "RGBA", arr[..., 3].copy(), icc
@@ -445,13 +406,13 @@ def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndar
             corrupt/truncated data, or an unsupported mode.  The message is one
             line and names the file.
     """
-    name = _name(path)
+    name = display_name(path)
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise ImageError(f"no such file: {name}") from None
     except OSError as err:
-        raise ImageError(f"cannot read {name}: {_os_reason(err)}") from None
+        raise ImageError(f"cannot read {name}: {os_reason(err)}") from None
     except ValueError:  # e.g. an embedded NUL byte
         raise ImageError(f"invalid file name: {name}") from None
     if stat.S_ISDIR(st.st_mode):
@@ -487,9 +448,9 @@ def _decode_image(source, name: str, max_pixels: int) -> tuple[np.ndarray, Image
         except UnidentifiedImageError:
             raise ImageError(f"{name} is not an image Pillow can read") from None
         except OSError as err:
-            raise ImageError(f"cannot read {name}: {_os_reason(err)}") from None
+            raise ImageError(f"cannot read {name}: {os_reason(err)}") from None
         except Exception as err:  # noqa: BLE001 - plugin bugs on hostile input
-            raise ImageError(f"{name} is not an image Pillow can read ({_oneline(err)})") from None
+            raise ImageError(f"{name} is not an image Pillow can read ({one_line(err)})") from None
 
         with im:
             width, height = im.size
@@ -518,7 +479,7 @@ def _decode_image(source, name: str, max_pixels: int) -> tuple[np.ndarray, Image
             except MemoryError:
                 raise ImageError(f"not enough memory to read {name}") from None
             except Exception as err:  # noqa: BLE001 - decoder errors of every kind
-                raise ImageError(f"{name} is corrupt or truncated ({_oneline(err)})") from None
+                raise ImageError(f"{name} is corrupt or truncated ({one_line(err)})") from None
             # The ICC profile may live after the pixel data (PNG chunks).
             icc = im.info.get("icc_profile") or icc
             return _to_codec_input(im, name, icc, rawmode, notices, in_place=True)
@@ -550,7 +511,7 @@ def read_pil(image: Image.Image, name: str = "image", *,
     except MemoryError:
         raise ImageError(f"not enough memory to read {name}") from None
     except Exception as err:  # noqa: BLE001 - decoder errors of every kind
-        raise ImageError(f"{name} is corrupt or truncated ({_oneline(err)})") from None
+        raise ImageError(f"{name} is corrupt or truncated ({one_line(err)})") from None
     return _to_codec_input(image, name, image.info.get("icc_profile") or None, rawmode, notices,
                            in_place=False)
 
@@ -625,125 +586,6 @@ def _metadata(im: Image.Image, notices: list[str]) -> tuple[bytes | None, bytes 
 
 
 # --------------------------------------------------------------------------
-# alpha plane codec
-# --------------------------------------------------------------------------
-#
-# Format: one method byte, then
-#   0 CONST: one byte, the value of every pixel
-#   1 RAW:   zlib stream of the plane, row-major
-#   2 SUB:   zlib stream of the plane with each row differenced left-to-right (mod 256)
-#   3 UP:    zlib stream of the plane with each row minus the row above (mod 256)
-# The encoder keeps whichever is smallest.  Dimensions are not stored; the
-# decoder is told them and checks the payload has exactly that many samples.
-
-_ALPHA_CONST, _ALPHA_RAW, _ALPHA_SUB, _ALPHA_UP = 0, 1, 2, 3
-
-
-def _check_plane(plane: object) -> np.ndarray:
-    if not isinstance(plane, np.ndarray):
-        raise ImageError(f"alpha plane must be a numpy array, not {type(plane).__name__}")
-    if plane.ndim != 2 or plane.dtype != np.uint8:
-        raise ImageError(
-            f"alpha plane must be a 2-D uint8 array, got shape {plane.shape} dtype {plane.dtype}"
-        )
-    if plane.size == 0:
-        raise ImageError("alpha plane is empty")
-    return np.ascontiguousarray(plane)
-
-
-def encode_alpha(plane: np.ndarray) -> bytes:
-    """Losslessly compress an alpha plane.
-
-    Args:
-        plane: ``(H, W)`` ``uint8`` array, values 0 (transparent) .. 255 (opaque).
-
-    Returns:
-        Compressed bytes for :func:`decode_alpha` (2 bytes for a constant plane).
-        ``H`` and ``W`` are *not* stored.
-
-    Raises:
-        ImageError: ``plane`` is not a non-empty 2-D uint8 array.
-    """
-    a = _check_plane(plane)
-    first = a.flat[0]
-    if (a == first).all():
-        return bytes((_ALPHA_CONST, int(first)))
-    sub = a.copy()
-    sub[:, 1:] -= a[:, :-1]
-    up = a.copy()
-    up[1:] -= a[:-1]
-    candidates = [
-        bytes((method,)) + zlib.compress(arr.tobytes(), 9)
-        for method, arr in ((_ALPHA_RAW, a), (_ALPHA_SUB, sub), (_ALPHA_UP, up))
-    ]
-    return min(candidates, key=len)
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ImageError(f"alpha plane {what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def decode_alpha(data: bytes, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`encode_alpha`.
-
-    Args:
-        data: bytes from :func:`encode_alpha` (any bytes-like object).
-        height, width: the expected plane size (positive ints).
-
-    Returns:
-        A writable ``(height, width)`` ``uint8`` array, 0..255.
-
-    Raises:
-        ImageError: unknown method byte, corrupt zlib data, trailing bytes, or
-            a payload that does not hold exactly ``height * width`` samples.
-            Decompression stops at ``height * width + 1`` bytes, so a hostile
-            payload cannot inflate into a huge buffer.
-    """
-    try:
-        buf = bytes(memoryview(data))
-    except TypeError:
-        raise ImageError(f"alpha data must be bytes, not {type(data).__name__}") from None
-    h = _positive_int(height, "height")
-    w = _positive_int(width, "width")
-    n = h * w
-    if not buf:
-        raise ImageError("corrupt alpha data: empty")
-    method, payload = buf[0], buf[1:]
-    if method == _ALPHA_CONST:
-        if len(payload) != 1:
-            raise ImageError(f"corrupt alpha data: constant plane with {len(payload)} value bytes")
-        return np.full((h, w), payload[0], dtype=np.uint8)
-    if method not in (_ALPHA_RAW, _ALPHA_SUB, _ALPHA_UP):
-        raise ImageError(f"corrupt alpha data: unknown method {method}")
-
-    dec = zlib.decompressobj()
-    try:
-        out = dec.decompress(payload, n)
-        if len(out) == n and not dec.eof:
-            if dec.decompress(dec.unconsumed_tail, 1):
-                raise ImageError(f"alpha plane has more than {n} samples, expected {h}x{w} = {n}")
-    except zlib.error as err:
-        raise ImageError(f"corrupt alpha data: {_oneline(err)}") from None
-    if len(out) != n:
-        raise ImageError(f"alpha plane has {len(out)} samples, expected {h}x{w} = {n}")
-    if not dec.eof:
-        raise ImageError("corrupt alpha data: truncated stream")
-    if dec.unused_data:
-        raise ImageError(f"corrupt alpha data: {len(dec.unused_data)} trailing bytes")
-
-    a = np.frombuffer(out, dtype=np.uint8).reshape(h, w)
-    if method == _ALPHA_SUB:
-        a = np.cumsum(a, axis=1, dtype=np.uint8)  # wraps mod 256
-    elif method == _ALPHA_UP:
-        a = np.cumsum(a, axis=0, dtype=np.uint8)
-    else:
-        a = a.copy()
-    return a
-
-
-# --------------------------------------------------------------------------
 # back to an image
 # --------------------------------------------------------------------------
 
@@ -815,117 +657,6 @@ def to_image(rgb: np.ndarray, meta: ImageMeta) -> Image.Image:
 # --------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def _resolve_target(path: PathLike, force: bool) -> tuple[str, str, str]:
-    """Check that ``path`` may be written; return (name, target path, directory).
-
-    A symlink is followed, so the file it points to is (re)written.
-    """
-    name = _name(path)
-    p = os.fsdecode(os.fspath(path))
-    if not p or p.endswith(("/", os.sep)) or "\0" in p:
-        raise ImageError(f"cannot write {name}: not a file name")
-    if os.path.isdir(p):
-        raise ImageError(f"cannot write {name}: it is a directory")
-    target = os.path.realpath(p) if os.path.islink(p) else os.path.abspath(p)
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        if os.path.lexists(parent):
-            raise ImageError(f"cannot write {name}: {_name(parent)} is not a directory")
-        raise ImageError(f"cannot write {name}: directory {_name(parent)} does not exist")
-    if os.path.lexists(p) or os.path.lexists(target):
-        if not force:
-            raise ImageError(f"{name} exists; use --force to overwrite")
-        if os.path.exists(target) and not os.path.isfile(target):
-            raise ImageError(f"cannot overwrite {name}: not a regular file")
-    return name, target, parent
-
-
-def atomic_write_bytes(path: PathLike, data: bytes, force: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically.
-
-    The bytes go to a temporary file in the same directory (flushed and
-    fsynced) which is then moved into place, so readers see either the old file
-    or the complete new one.  Without ``force`` the move is a hard link, which
-    fails if the name appeared meanwhile (no race with another writer); with
-    ``force`` it is ``os.replace``.  An overwritten file keeps its permission
-    bits; a new one gets ``0o666 & ~umask``.  A symlink is followed.
-
-    Raises:
-        ImageError: the path is a directory or ends in a separator, its
-            directory does not exist, it exists and ``force`` is false (``"X
-            exists; use --force to overwrite"``), or the OS refuses the write
-            (``"cannot write X: permission denied"``, ``"... no space left on
-            device"``, ...).  No temporary or partial file is left behind.
-    """
-    name, target, parent = _resolve_target(path, force)
-    try:
-        payload = memoryview(data)
-    except TypeError:
-        raise ImageError(f"cannot write {name}: data must be bytes, not {type(data).__name__}") from None
-
-    try:
-        perms = stat.S_IMODE(os.stat(target).st_mode) if force and os.path.exists(target) else None
-    except OSError:
-        perms = None
-    if perms is None:
-        perms = 0o666 & ~_umask()
-
-    base = os.path.basename(target)[:100]
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fchmod(f.fileno(), perms)
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, target)
-            tmp = None
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise ImageError(f"{name} exists; use --force to overwrite") from None
-            except OSError as err:
-                # File systems without hard links: check, then rename.
-                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
-                    raise
-                if os.path.lexists(target):
-                    raise ImageError(f"{name} exists; use --force to overwrite") from None
-                os.replace(tmp, target)
-                tmp = None
-    except ImageError:
-        raise
-    except OSError as err:
-        raise ImageError(f"cannot write {name}: {_os_reason(err)}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    # Make the rename durable (best effort).
-    with contextlib.suppress(OSError, AttributeError):
-        dfd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def check_output_mode(path: PathLike, mode: str) -> None:
     """Refuse writing an image of Pillow ``mode`` to ``path`` when the format its extension
     selects cannot store it (transparency in JPEG or BMP), so a caller can refuse before doing
@@ -938,7 +669,7 @@ def check_output_mode(path: PathLike, mode: str) -> None:
     fmt = WRITE_FORMATS.get(ext)
     if fmt in ("JPEG", "BMP") and mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         raise ImageError(
-            f"cannot write {_name(path)}: {fmt} cannot store transparency; use .png, .webp or .tif"
+            f"cannot write {display_name(path)}: {fmt} cannot store transparency; use .png, .webp or .tif"
         )
 
 
@@ -965,7 +696,7 @@ def write_image(
             of the :func:`atomic_write_bytes` refusals.  Nothing is left on
             disk when it fails.
     """
-    name = _name(path)
+    name = display_name(path)
     ext = os.path.splitext(os.fsdecode(os.fspath(path)))[1].lower()
     fmt = WRITE_FORMATS.get(ext)
     if fmt is None:
@@ -976,7 +707,7 @@ def write_image(
         )
     if not isinstance(image, Image.Image):
         raise ImageError(f"cannot write {name}: not a Pillow image ({type(image).__name__})")
-    _resolve_target(path, force)  # fail fast, before encoding
+    resolve_target(path, force)  # fail fast, before encoding
     check_output_mode(path, image.mode)
     data, notices = _encode(image, fmt, icc_profile, name)
     atomic_write_bytes(path, data, force=force)
@@ -1042,7 +773,7 @@ def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) 
     except MemoryError:
         raise ImageError(f"not enough memory to encode {name}") from None
     except Exception as err:  # noqa: BLE001 - encoder errors of every kind
-        raise ImageError(f"cannot encode {name} as {fmt}: {_oneline(err)}") from None
+        raise ImageError(f"cannot encode {name} as {fmt}: {one_line(err)}") from None
     return buf.getvalue(), notices
 
 
@@ -1052,26 +783,3 @@ def encode_png(image: Image.Image, icc_profile: bytes | None) -> tuple[bytes, li
     return _encode(image, "PNG", icc_profile, "standard output")
 
 
-def check_distinct(in_path: PathLike, out_path: PathLike) -> None:
-    """Refuse an output path that is the input file.
-
-    Two paths are the same when both exist and ``os.path.samefile`` says so
-    (hard links, symlinks, different spellings), or when their fully resolved
-    paths are equal.
-
-    Raises:
-        ImageError: ``"output path is the same as the input: X"``.
-    """
-    a = os.fsdecode(os.fspath(in_path))
-    b = os.fsdecode(os.fspath(out_path))
-    if "\0" in a or "\0" in b:
-        raise ImageError(f"invalid file name: {_name(in_path if chr(0) in a else out_path)}")
-    same = False
-    try:
-        same = os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    except OSError:
-        same = False
-    if not same:
-        same = os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
-    if same:
-        raise ImageError(f"output path is the same as the input: {_name(out_path)}")

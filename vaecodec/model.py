@@ -313,27 +313,34 @@ class MeanScaleHyperprior(nn.Module):
         anchor = anchor_mask(*shape[2:]).expand(shape)
         return [anchor, ~anchor]
 
-    def compress(self, x: torch.Tensor, quality: float, refine: int = 0, progress=None,
-                 size: tuple[int, int] | None = None) -> dict:
-        """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> coded streams.
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The analysis transforms' latents of image ``x`` ``(B, 3, H, W)`` in ``[0, 1]`` (H, W
+        multiples of 64) at ``quality`` in ``[1, num_qualities]``: gained ``y``
+        ``(B, M, H/16, W/16)`` and ``z = h_a(y)`` ``(B, N, H/64, W/64)``, neither rounded.
+        Raises ``ValueError`` for a quality outside the range."""
+        gain, _ = self.gains(quality)
+        y = self.g_a(x) * gain.detach()[:, None, None]
+        return y, self.h_a(y)
+
+    def compress(self, x: torch.Tensor, quality: float) -> dict:
+        """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> the coded streams of
+        :meth:`code_latents` for the analysis transforms' latents (:meth:`analyse`). Refined
+        latents (:func:`vaecodec.refine.refine_latents`) go to :meth:`code_latents` directly,
+        as :func:`vaecodec.codec.compress_array` does."""
+        return self.code_latents(*self.analyse(x, quality))
+
+    @torch.no_grad()
+    def code_latents(self, y: torch.Tensor, z: torch.Tensor) -> dict:
+        """Entropy-code gained latents ``y`` ``(1, M, h, w)`` and ``z`` ``(1, N, h/4, w/4)`` (as
+        :meth:`analyse` or :func:`vaecodec.refine.refine_latents` give them; rounded here).
 
         Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
         and coded with the per-channel tables; ``y`` slice by slice (with ``checkerboard``, each
         slice's anchors, then its other half) as ``round(y - mean)`` with the table of its
         snapped scale, both from :meth:`exact_slice_parameters` and
-        :meth:`exact_spatial_parameters`. ``refine``: steps of encoder-side latent refinement
-        (:func:`vaecodec.refine.refine_latents`, needs the float entropy model), each followed
-        by a call of ``progress()``; 0 codes the analysis transform's latents. ``size``:
-        ``(h, w)`` of the image in ``x`` before padding, which refinement optimises for.
+        :meth:`exact_spatial_parameters`. Needs the exported coding models (``self.coding``).
         """
-        from .refine import refine_latents
-        y, z = refine_latents(self, x, quality, refine, progress=progress, size=size)
-        return self._code(y, z)
-
-    @torch.no_grad()
-    def _code(self, y: torch.Tensor, z: torch.Tensor) -> dict:
-        """Entropy-code gained latents ``y`` ``(1, M, h, w)`` and ``z`` ``(1, N, h/4, w/4)``
-        (rounded here) into the stream dict of :meth:`compress`."""
         from .entropy import IndexedEncoder, encode_indexed
         from .integer import Z_MAX
         z_hat = torch.round(z).clamp(-Z_MAX, Z_MAX)

@@ -29,6 +29,7 @@ import numbers
 import torch
 
 from .entropy import bits
+from .hardware import native_bf16
 
 TAU_START, TAU_END = 0.5, 0.05   # SGA temperature schedule (exponential in the step)
 STEP_BUDGET = 0.3                # Adam's learning rate x steps (gained latent units)
@@ -93,13 +94,10 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
                          f"{tuple(x.shape[2:])} of x, got {size!r}")
     if steps > 0 and not getattr(model, "float_entropy_model", True):
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
-    gain, inv_gain = model.gains(quality)
-    gain, inv_gain = gain.detach()[:, None, None], inv_gain.detach()[:, None, None]
-    with torch.no_grad():
-        y = model.g_a(x) * gain
-        z = model.h_a(y)
+    y, z = model.analyse(x, quality)
     if steps <= 0:
         return y, z
+    inv_gain = model.gains(quality)[1].detach()[:, None, None]
     y, z = y.clone().requires_grad_(True), z.clone().requires_grad_(True)
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
@@ -120,7 +118,6 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
 def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -> bool:
     """The Adam steps of :func:`refine_latents` on the leaf tensors ``y`` and ``z``, in place;
     ``False`` (and stops) as soon as the loss or the latents are not finite."""
-    from .train import native_bf16
     bf16 = native_bf16(torch.device("cpu"))   # about 1.7x faster per step, same file sizes
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam([y, z], lr=lr)

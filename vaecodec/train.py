@@ -31,6 +31,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .entropy import bits, gaussian_likelihood, SCALE_MIN
+from .hardware import native_bf16
 from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
@@ -199,24 +200,6 @@ def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.
 
 
 # -------------------------------------------------------------------------------- precision
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 convolutions natively.
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: whether oneDNN has a bf16 kernel for this
-    processor (AVX-512 and newer). On an AVX2-only CPU, bf16 autocast falls back to reference
-    kernels: on a 2-core AMD EPYC (Zen 3, AVX2) one step of batch 8 x 256² took over 3 minutes
-    in bf16 (cores shared) against 2.7 s in fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     """The precision to train in, and a one-line reason to show the user.
 

@@ -370,7 +370,7 @@ def decompress(input: Path, output: Path, force: bool, weights: Path | None):
         imageio.check_output_mode(output, header.mode)   # e.g. RGBA to .jpg: refuse before decoding
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
     # differs before it allocates anything
-    with _progress(codec.tile_count(header.height, header.width), "decompress") as update:
+    with _progress(codec.file_tile_count(header), "decompress") as update:
         start = time.perf_counter()
         image, _ = api.decode(data, weights=weights, progress=update)
         seconds = time.perf_counter() - start

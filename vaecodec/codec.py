@@ -32,6 +32,7 @@ from .refine import refine_latents
 
 TILE = 1024
 OVERLAP = 64
+WHOLE_MAX_PIXELS = 1 << 25   # 33.5 megapixels (8K UHD is 33.2): one set of latents up to this
 MAX_REFINE = 1000   # refinement steps per tile
 
 
@@ -124,10 +125,27 @@ def _pad_to_stride(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _geometry(height: int, width: int) -> tuple[int, int]:
+def _geometry(height: int, width: int, refine: int = 0) -> tuple[int, int]:
+    """``(tile_size, tile_overlap)`` the encoder writes: one tile, the latents of the whole
+    image (its transforms and entropy model run in windows, so memory stays bounded), up to
+    :data:`WHOLE_MAX_PIXELS`; independent tiles of :data:`TILE` px overlapping by
+    :data:`OVERLAP` for larger images, and for refinement of an image over :data:`TILE` px a
+    side (refinement differentiates through the whole tile at once)."""
     if height <= TILE and width <= TILE:
         return 0, 0
-    return TILE, OVERLAP
+    if refine or height * width > WHOLE_MAX_PIXELS:
+        return TILE, OVERLAP
+    return 0, 0
+
+
+def _geometry_allowed(height: int, width: int, tile_size: int, tile_overlap: int) -> bool:
+    """Whether a decoder accepts a file tiled this way (SPEC.md, "Tiles and padding"): one
+    tile up to :data:`WHOLE_MAX_PIXELS`; independent tiles of :data:`TILE` px overlapping by
+    :data:`OVERLAP` for images over :data:`TILE` px a side (as vaecodec 0.1.0 coded every such
+    image)."""
+    if (tile_size, tile_overlap) == (0, 0):
+        return height * width <= WHOLE_MAX_PIXELS
+    return (tile_size, tile_overlap) == (TILE, OVERLAP) and (height > TILE or width > TILE)
 
 
 def check_size(height: int, width: int) -> None:
@@ -161,15 +179,24 @@ def _check_mode(mode: str, sections, height: int, width: int) -> None:
             raise CodecError(f"the alpha section does not hold a {width}x{height} plane: {exc}") from None
 
 
-def tile_count(height: int, width: int) -> int:
+def tile_count(height: int, width: int, refine: int = 0) -> int:
     """Number of tiles :func:`compress_array` codes an ``height x width`` image in."""
-    return len(tile_grid(height, width, *_geometry(height, width)))
+    return len(tile_grid(height, width, *_geometry(height, width, refine)))
+
+
+def file_tile_count(header: "bitstream.Header") -> int:
+    """Number of tiles a file with ``header`` holds, for a progress bar; 1 when its tiling is
+    not one a decoder accepts (:func:`decompress_array` then refuses it; nothing is allocated
+    for a crafted header's millions of tiles)."""
+    if not _geometry_allowed(header.height, header.width, header.tile_size, header.tile_overlap):
+        return 1
+    return len(tile_grid(header.height, header.width, header.tile_size, header.tile_overlap))
 
 
 def work_units(height: int, width: int, refine: int = 0) -> int:
     """How often :func:`compress_array` calls ``progress(1)`` for an ``height x width`` image:
     per tile, each refinement step and the coding."""
-    return tile_count(height, width) * (refine + 1)
+    return tile_count(height, width, refine) * (refine + 1)
 
 
 def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
@@ -208,16 +235,18 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     model = model or get_model(refine=bool(refine))
     if refine and not getattr(model, "float_entropy_model", True):
         raise CodecError("refinement needs the float entropy model: load the weights with refine=True")
-    tile, overlap = _geometry(height, width)
+    tile, overlap = _geometry(height, width, refine)
     tiles = []
     step = (lambda: progress(1)) if progress else None   # after each refinement step
     for top, left, h, w in tile_grid(height, width, tile, overlap):
-        x = torch.from_numpy(np.array(rgb[top:top + h, left:left + w], copy=True))
-        x = _pad_to_stride(x.permute(2, 0, 1)[None].float().div_(255.0))
+        # padded as uint8, then made float: a quarter of the memory of padding the floats
+        x = torch.from_numpy(np.ascontiguousarray(rgb[top:top + h, left:left + w]))
+        x = _pad_to_stride(x.permute(2, 0, 1)[None]).float().div_(255.0)
         if analysis is not None and not refine:
             s = _code_cached(model, x, quality_milli / 1000, analysis, (top, left))
         else:
             y, z = refine_latents(model, x, quality_milli / 1000, int(refine), progress=step, size=(h, w))
+            del x   # a large image's pixels need not stay while its latents are coded
             s = model.code_latents(y, z)
         tiles.append(bitstream.TileStreams(s["y_shape"], s["z_shape"], s["z_stream"],
                                            s["y_stream"], s["escapes"]))
@@ -235,10 +264,19 @@ def _code_cached(model, x: torch.Tensor, quality: float, analysis: dict, key) ->
     """The streams of ``model.compress(x, quality)`` with ``g_a(x)`` taken from (or put into)
     ``analysis[key]``: the same operations in the same order, so the same bytes."""
     if key not in analysis:
-        analysis[key] = model.g_a(x)
+        analysis[key] = model.analysis(x)
     gain, _ = model.gains(quality)
     y = analysis[key] * gain.detach()[:, None, None]
     return model.code_latents(y, model.h_a(y))
+
+
+def _round_into(rgb: np.ndarray, x_hat: torch.Tensor, rows: int = 256) -> None:
+    """``rgb[...] = clip(round(x_hat * 255), 0, 255)`` for ``x_hat`` ``(3, H, W)`` float32, as
+    the blending path rounds a single tile's pixels (its weights are exactly 1), ``rows`` rows
+    at a time so no full-size float temporary is made."""
+    for top in range(0, rgb.shape[0], rows):
+        part = x_hat[:, top:top + rows].permute(1, 2, 0).numpy()
+        rgb[top:top + rows] = np.clip(np.round(part * np.float32(255.0)), 0, 255)
 
 
 def _streams(t: "bitstream.TileStreams") -> dict:
@@ -280,8 +318,7 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     hd = container.header
     if (hd.latent_channels, hd.hyper_channels) != (model.M, model.N):
         raise CodecError("file's latent channels do not match the model")
-    expected_tile = _geometry(hd.height, hd.width)
-    if (hd.tile_size, hd.tile_overlap) != expected_tile:
+    if not _geometry_allowed(hd.height, hd.width, hd.tile_size, hd.tile_overlap):
         raise CodecError("file's tiling does not match its image size")
     grid = tile_grid(hd.height, hd.width, hd.tile_size, hd.tile_overlap)
     if len(grid) != len(container.tiles):
@@ -307,6 +344,11 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
                 rgb = np.empty((hd.height, hd.width, 3), dtype=np.uint8)
             except MemoryError:
                 raise CodecError(f"not enough memory for a {hd.width}x{hd.height} image") from None
+        if len(grid) == 1:   # one tile: no blending, rounded a band of rows at a time
+            _round_into(rgb, x_hat[0, :, :h, :w])
+            if progress:
+                progress(1)
+            break
         rec = x_hat[0, :, :h, :w].permute(1, 2, 0).numpy()
         if top + h > band_top + len(band):
             grow = np.zeros((top + h - band_top - len(band), hd.width, 3), dtype=np.float32)

@@ -32,6 +32,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .transforms import run_tiled
 from torch import nn
 
 ACT_BITS = 12          # fractional bits of hidden activations
@@ -111,7 +113,17 @@ class IntegerNetwork:
         self.stride = [int(s) for s in tensors["stride"]]
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's integer accumulator (float64) for integer input ``x``."""
+        """The last layer's integer accumulator (float64) for integer input ``x``, computed in
+        windows (:func:`vaecodec.transforms.run_tiled`: float64 convolutions unfold their
+        input, so one window of the whole image could take gigabytes). Every value is an exact
+        integer, so the windows give exactly the whole-image result."""
+        up = 1
+        for transposed, stride in zip(self.transposed, self.stride):
+            up *= stride if transposed else 1
+        core, margin = (24, 3) if up > 1 else (96, 4)   # input elements; margin > receptive field
+        return run_tiled(self._accumulate, x, up, core, margin, inverse=True)
+
+    def _accumulate(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             k = w.shape[-1]
@@ -126,7 +138,7 @@ class IntegerNetwork:
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The output for integer input ``x``: accumulator over ``2**frac``, exact float64."""
-        return self.accumulate(x) * 2.0 ** -self.frac[-1]
+        return self.accumulate(x).mul_(2.0 ** -self.frac[-1])   # exact; in place: no second copy
 
     __call__ = value
 
@@ -163,4 +175,5 @@ def context_input(tensors: list[torch.Tensor]) -> torch.Tensor:
     channel-context network: ``round(clamp(v, ±CONTEXT_MAX) * 2**CONTEXT_FRAC)`` as float64.
     Rounding of a float is exact, so equal inputs give equal integers on every machine."""
     x = torch.cat([t.to("cpu", torch.float64) for t in tensors], 1)
-    return torch.round(x.clamp(-CONTEXT_MAX, CONTEXT_MAX) * 2.0 ** CONTEXT_FRAC)
+    # in place: for a whole large image each temporary would be hundreds of megabytes
+    return x.clamp_(-CONTEXT_MAX, CONTEXT_MAX).mul_(2.0 ** CONTEXT_FRAC).round_()

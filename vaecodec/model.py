@@ -36,11 +36,16 @@ from torch import nn
 from .entropy import (SCALE_MIN, FactorizedPrior, add_uniform_noise, gaussian_likelihood,
                       lower_bound, ste_round)
 from .integer import CONTEXT_MAX
-from .transforms import (analysis_transform, hyper_analysis_transform, hyper_synthesis_transform,
+from .transforms import (analysis_transform, hyper_analysis_transform, hyper_synthesis_transform, run_tiled,
                          slice_transform, synthesis_transform)
 
 STRIDE = 64  # total downsampling of y (16) times z (4)
 SLICES = 4   # channel slices of y in a new model (Minnen & Singh 2020 use 10 of M=320)
+# coding runs the analysis and synthesis transforms in windows of 1024 px plus 64 px of context
+# on each side (their receptive-field radius is about 55 px), so memory stays bounded by one
+# window whatever the image size, while the latents are those of the whole image
+WINDOW, WINDOW_MARGIN = 1024, 64
+SYNTHESIS_WINDOW = 768
 MAX_BLOCKS = 16   # residual blocks per transform stage (ELIC uses 3)
 CONTEXT_CLAMP = float(CONTEXT_MAX)   # |input| bound of the slice networks (the exact path's)
 
@@ -220,7 +225,10 @@ class MeanScaleHyperprior(nn.Module):
         (``y_hat`` of slices ``0..i``). ``0.0`` without slices."""
         if not len(self.lrp):
             return 0.0
-        inputs = torch.cat([mean, *decoded], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+        inputs = torch.cat([mean, *decoded], 1)
+        # in place where no gradient is kept (coding): the same values, one temporary less
+        inputs = inputs.clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP) if torch.is_grad_enabled() \
+            else inputs.clamp_(-CONTEXT_CLAMP, CONTEXT_CLAMP)
         return 0.5 * torch.tanh(self.lrp[i](inputs).float())
 
     def latents(self, y: torch.Tensor, hyper: torch.Tensor, noisy: bool = False,
@@ -320,8 +328,25 @@ class MeanScaleHyperprior(nn.Module):
         ``(B, M, H/16, W/16)`` and ``z = h_a(y)`` ``(B, N, H/64, W/64)``, neither rounded.
         Raises ``ValueError`` for a quality outside the range."""
         gain, _ = self.gains(quality)
-        y = self.g_a(x) * gain.detach()[:, None, None]
+        y = self.analysis(x) * gain.detach()[:, None, None]
         return y, self.h_a(y)
+
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """``g_a(x)`` for coding: ``(1, 3, H, W)`` -> ``(1, M, H/16, W/16)``, computed in windows
+        of :data:`WINDOW` px with :data:`WINDOW_MARGIN` px of context
+        (:func:`vaecodec.transforms.run_tiled`); an image of at most 1152 px a side in one go."""
+        return run_tiled(self.g_a, x, 16, WINDOW, WINDOW_MARGIN)
+
+    def synthesis(self, y: torch.Tensor) -> torch.Tensor:
+        """``g_s(y)`` for coding: ``(1, M, h, w)`` -> ``(1, 3, 16h, 16w)``; ``y`` of an image of
+        at most 1152 px a side in one go (as :meth:`analysis`), larger ones in windows of
+        :data:`SYNTHESIS_WINDOW` px with :data:`WINDOW_MARGIN` px of context."""
+        whole = (WINDOW + 2 * WINDOW_MARGIN) // 16
+        if y.shape[2] <= whole and y.shape[3] <= whole:   # as the analysis: in one go
+            return self.g_s(y)
+        # smaller windows than the analysis': the synthesis' activations at full resolution
+        # dominate a decoder's peak memory
+        return run_tiled(self.g_s, y, 16, SYNTHESIS_WINDOW // 16, WINDOW_MARGIN // 16, inverse=True)
 
     def compress(self, x: torch.Tensor, quality: float) -> dict:
         """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> the coded streams of
@@ -412,4 +437,5 @@ class MeanScaleHyperprior(nn.Module):
         _, decoded, mean_h = self._decode(streams)
         means = mean_h.chunk(self.slices, 1)
         y_hat = torch.cat([d + self.residual(i, means[i], decoded[:i + 1]) for i, d in enumerate(decoded)], 1)
-        return self.g_s(y_hat * inv_gain[:, None, None]).clamp_(0, 1)
+        del decoded, means, mean_h   # a large image's latents: free what synthesis does not need
+        return self.synthesis(y_hat.mul_(inv_gain[:, None, None])).clamp_(0, 1)

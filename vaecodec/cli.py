@@ -572,8 +572,9 @@ def _batch_options(what: str, reads: str):
     def decorate(f):
         f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
                          help="torch threads for the coding (default: torch's, one per core; with "
-                              "--jobs, the cores shared among the jobs). Plain files and decoded "
-                              "pixels are the same for every thread count; --refine files are not.")(f)
+                              "--jobs, the cores shared among the jobs). The same count gives the "
+                              "same bytes; another count can change a --refine file by a few bytes "
+                              "and a few decoded pixel values by 1.")(f)
         f = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                          help="Worker processes coding files in parallel, each loading the model "
                               "once (default 1; with --out-dir).")(f)
@@ -702,7 +703,7 @@ def _given(ctx: click.Context, names) -> list[str]:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), callback=_paths_argument,
-                metavar="INPUT OUTPUT | INPUT... --out-dir DIR")
+                metavar="INPUT OUTPUT | INPUT... -o DIR")
 @click.option("-q", "--quality", type=_FiniteFloatRange(1, 8), default=4.0, show_default=True,
               help="1 (smallest file) to 8 (best quality), in steps of 0.001; "
                    "fractions interpolate between the trained levels.")
@@ -737,7 +738,8 @@ def compress(ctx, paths: tuple[str, ...], quality: float, refine: int, force: bo
 
     The line printed for each file gives the seconds the encoding itself took, then the
     seconds since the process started: Python's start-up, loading torch and the model, reading
-    and writing included (Python's exit, about 0.5 s with torch loaded, comes after it).
+    and writing included (Python's exit, a fraction of a second with torch loaded, comes
+    after it).
 
     \b
     vaecodec compress photo.png photo.vae
@@ -774,7 +776,7 @@ def _background_option(ctx, param, value):
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), callback=_paths_argument,
-                metavar="INPUT OUTPUT | INPUT... --out-dir DIR")
+                metavar="INPUT OUTPUT | INPUT... -o DIR")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--weights", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of exported weights (default: the model release the file names).")

@@ -284,9 +284,12 @@ def test_mixing_the_forms_is_a_usage_error(tmp_path, monkeypatch, args, message)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigterm_stops_the_workers_at_once_and_leaves_no_file(tmp_path):
-    """SIGTERM to the command stops its workers in the middle of their files (it does not wait
-    for them): exit status 143, one line, no output and no temporary file."""
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "Error: terminated"),
+                                                  (signal.SIGINT, 130, "Error: interrupted")])
+def test_a_signal_stops_the_workers_at_once_and_leaves_no_file(tmp_path, signum, status, line):
+    """SIGTERM (or Ctrl-C's SIGINT) to the command stops its workers in the middle of their
+    files (it does not wait for them): exit status 143 (130), one line, no output and no
+    temporary file."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(4):
@@ -302,11 +305,11 @@ def test_sigterm_stops_the_workers_at_once_and_leaves_no_file(tmp_path):
     try:
         time.sleep(12)
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         start = time.monotonic()
-        assert proc.wait(timeout=120) == 143
+        assert proc.wait(timeout=120) == status
         assert time.monotonic() - start < 60
-        assert proc.stderr.read().splitlines() == ["Error: terminated"]
+        assert proc.stderr.read().splitlines() == [line]
         assert proc.stdout.read() == ""
     finally:
         proc.kill()

@@ -130,15 +130,25 @@ def plan(found: list[tuple[Path, Path]], out_dir: Path, suffix: str
 
 
 _IN_WORKER = False
+_BUSY = False   # a worker is coding a file
+
+
+def _worker_sigterm(signum, frame) -> None:
+    """SIGTERM in a worker: raised as an interruption while it codes a file (so that its
+    temporary output is removed; :func:`run_job` then ends the process), else the end."""
+    from .cli import _Terminated
+    if _BUSY:
+        raise _Terminated()
+    os._exit(143)
 
 
 def _init_worker(threads: int) -> None:
-    """Start of a worker process: ``threads`` torch threads, and SIGTERM raised as an
-    interruption (so a half-written temporary file is removed) after which the worker ends."""
+    """Start of a worker process: ``threads`` torch threads; Ctrl-C is left to the parent
+    (which stops the workers with SIGTERM, see :func:`_worker_sigterm`)."""
     global _IN_WORKER
     _IN_WORKER = True
-    from .cli import _raise_terminated
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
     import torch
     torch.set_num_threads(threads)
 
@@ -147,12 +157,14 @@ def run_job(kind: str, job: Job, options) -> Outcome:
     """Code one file (``kind`` "compress" or "decompress") with the command's ``options``;
     every failure the user can act on becomes the :class:`Outcome`'s ``error``. In a worker
     process, Ctrl-C or SIGTERM ends the worker once the file's temporary output is removed."""
+    global _BUSY
     from . import cli
+    notices: list[str] = []
+    work = cli.compress_one if kind == "compress" else cli.decompress_one
+    _BUSY = True
     try:
-        notices: list[str] = []
-        work = cli.compress_one if kind == "compress" else cli.decompress_one
-        result = work(job.source, job.target, options, notices.append)
-        return Outcome(job, result=result, notices=notices)
+        return Outcome(job, result=work(job.source, job.target, options, notices.append),
+                       notices=notices)
     except KeyboardInterrupt as exc:
         if _IN_WORKER:
             os._exit(143 if isinstance(exc, cli._Terminated) else 130)
@@ -161,7 +173,9 @@ def run_job(kind: str, job: Job, options) -> Outcome:
         if os.environ.get("VAECODEC_DEBUG"):
             raise
         return Outcome(job, error=cli.named(str(job.source), cli.error_message(exc)),
-                       notices=locals().get("notices", []))
+                       notices=notices)
+    finally:
+        _BUSY = False
 
 
 class Reporter:
@@ -245,7 +259,7 @@ def run(kind: str, jobs: list[Job], options, n_jobs: int, threads: int | None,
                 outcome = future.result()
             except BrokenProcessPool:
                 outcome = Outcome(futures[future], error=(
-                    f"{futures[future].source}: the worker process coding it ended abruptly "
+                    f"{futures[future].source}: not coded: a worker process ended abruptly "
                     "(out of memory?)"))
             outcomes.append(outcome)
             reporter.report(outcome, verbose)

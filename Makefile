@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 benchmark: install
-	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak --jobs 2 \
+	$(BIN)/vaecodec benchmark --out benchmarks/results/kodak --jobs 2 --force \
 	    --codecs vaecodec,vaecodec-refine,jpeg,webp,avif,jpegxl,jpeg2000
 
 # make a checkpoint a model release (README, "Releases"): export, beat the newest release by

@@ -32,7 +32,7 @@ LAYERS = (
     # 3: the .vae coder (arrays in, arrays out)
     {"vaecodec.codec", "vaecodec.ratecontrol"},
     # 4: image files, the library API and the Pillow plugin it backs
-    {"vaecodec", "vaecodec.api", "vaecodec.imageio", "vaecodec.pillow_plugin"},
+    {"vaecodec", "vaecodec.api", "vaecodec.imageio", "vaecodec.pillow_plugin", "vaecodec.batch"},
     # 5: programs on top: command line, training, benchmarking
     {"vaecodec.cli", "vaecodec.__main__", "vaecodec.train", "vaecodec.datapack",
      "vaecodec.benchmark"},

@@ -300,7 +300,7 @@ def test_output_in_missing_directory_is_refused_before_coding(small_png, small_v
     monkeypatch.setattr(codec, "compress_array", tripwire)
     monkeypatch.setattr(codec, "decompress_array", tripwire)
     src = small_png if command == "compress" else small_vae
-    out = tmp_path / "no" / "such" / "dir" / "out.png"
+    out = tmp_path / "no" / "such" / "dir" / ("out.vae" if command == "compress" else "out.png")
     assert_refused(cli(command, src, out), "does not exist")
     assert listing(tmp_path) == []
 
@@ -324,7 +324,8 @@ def test_read_only_output_directory_is_refused(small_png, small_vae, tmp_path, c
     ro.chmod(0o555)
     try:
         src = small_png if command == "compress" else small_vae
-        assert_refused(cli(command, src, ro / "out.png"), "permission denied")
+        out = ro / ("out.vae" if command == "compress" else "out.png")
+        assert_refused(cli(command, src, out), "permission denied")
         assert listing(ro) == []
     finally:
         ro.chmod(0o755)
@@ -406,8 +407,8 @@ def test_real_process_exit_status_and_stderr(photo_vae, tmp_path):
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        "Error: file is corrupted or truncated (checksum mismatch)"]
+    assert proc.stderr.splitlines() == [     # the message names the damaged file
+        f"Error: {src}: file is corrupted or truncated (checksum mismatch)"]
     assert listing(tmp_path) == ["bad.vae"]
 
 
@@ -684,7 +685,7 @@ def test_standard_input_redirected_from_a_file(small_png, small_vae, tmp_path):
     doubled.write_bytes(small_vae.read_bytes() * 2)
     proc = _vaecodec_process(["info", "-"], tmp_path, stdin_file=doubled)
     assert proc.returncode == 1 and proc.stderr.splitlines() == [
-        f"Error: file is corrupted or truncated (checksum mismatch); its last "
+        f"Error: standard input: file is corrupted or truncated (checksum mismatch); its last "
         f"{small_vae.stat().st_size} bytes follow a complete file"], proc.stderr
     victim = tmp_path / "victim.png"
     victim.write_bytes(small_png.read_bytes())
@@ -693,3 +694,213 @@ def test_standard_input_redirected_from_a_file(small_png, small_vae, tmp_path):
     assert victim.read_bytes() == small_png.read_bytes()
     proc = _vaecodec_process(["info", "-"], tmp_path, close_stdin=True)
     assert proc.returncode == 1 and proc.stderr.splitlines() == ["Error: standard input is closed"]
+
+
+# --------------------------------------------------------------------------------------------
+# rough edges (issue "The command line people use")
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".tif"])
+def test_compress_refuses_an_image_extension_without_force(small_png, small_vae, tmp_path, ext):
+    """`compress a.png out.jpg` would write a .vae stream under a JPEG name: refused (as
+    decompress refuses unknown extensions); --force writes it, with a note."""
+    out = tmp_path / f"out{ext}"
+    assert_refused(cli("compress", small_png, out), f"{out} has the extension of an image format",
+                   f"name it {tmp_path / 'out.vae'}", "--force")
+    assert listing(tmp_path) == []
+    forced = cli("compress", small_png, out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert f"note: {out} does not end in .vae" in forced.stderr
+    assert out.read_bytes() == small_vae.read_bytes()
+
+
+def test_one_bit_image_is_coded_as_grey_with_a_note(tmp_path):
+    bits = photo_crop(40, 56, seed=2).mean(axis=2) > 110
+    src = tmp_path / "bits.png"
+    Image.fromarray(bits).save(src)
+    with Image.open(src) as im:
+        assert im.mode == "1"
+    result = cli("compress", src, tmp_path / "bits.vae")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "note: 1-bit image coded as 8-bit grey (it decodes as grey, mode L)"]
+    assert "56x40 L" in result.stdout
+    assert cli("decompress", tmp_path / "bits.vae", tmp_path / "back.png").exit_code == 0
+    with Image.open(tmp_path / "back.png") as im:
+        assert im.mode == "L" and im.size == (56, 40)
+        back = np.asarray(im) > 127
+    assert (back == bits).mean() > 0.9
+
+
+@pytest.mark.parametrize("command", ["decompress", "info"])
+def test_errors_about_a_damaged_file_name_it(small_vae, tmp_path, command):
+    bad = bytearray(small_vae.read_bytes())
+    bad[len(bad) // 2] ^= 0x01
+    src = tmp_path / "x.vae"
+    src.write_bytes(bytes(bad))
+    args = [command, src] + ([tmp_path / "x.png"] if command == "decompress" else [])
+    result = cli(*args)
+    assert_refused(result)
+    assert result.stderr == f"Error: {src}: file is corrupted or truncated (checksum mismatch)\n"
+    (tmp_path / "y.vae").write_bytes(b"GIF89a" + bytes(60))     # and a foreign file
+    result = cli(command, tmp_path / "y.vae", *([tmp_path / "y.png"] if command == "decompress" else []))
+    assert result.stderr.startswith(f"Error: {tmp_path / 'y.vae'}: not a vaecodec file")
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_a_folder_as_output_is_one_refusal_with_or_without_the_slash(small_png, small_vae,
+                                                                     tmp_path, command):
+    """`compress img dir` and `compress img dir/` used to exit with 1 and 2 (the second as a
+    usage error): both are now the same refusal, status 1, pointing at --out-dir."""
+    (tmp_path / "dir").mkdir()
+    src = small_png if command == "compress" else small_vae
+    name = "small.vae" if command == "compress" else "small.png"
+    for out in (f"{tmp_path}/dir", f"{tmp_path}/dir/"):
+        result = cli(command, src, out)
+        assert result.exit_code == 1
+        assert_refused(result, f"cannot write {out}: it is a directory",
+                       f"use --out-dir {out} to write {name} into it")
+    missing = f"{tmp_path}/new/"
+    assert_refused(cli(command, src, missing), "a name ending in '/' is a folder", "--out-dir")
+    assert cli(command, src, missing).exit_code == 1
+    assert listing(tmp_path) == ["dir"] and listing(tmp_path / "dir") == []
+
+
+def test_printed_time_is_the_coding_and_the_time_since_the_process_started(small_png, tmp_path):
+    """The line gives the encoding's own seconds, then the seconds since the process started
+    (start-up, torch and model loading included), which match a clock outside the process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("VAECODEC_DEBUG", None)
+    import time
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "vaecodec", "compress", str(small_png),
+                             str(tmp_path / "t.vae"), "--verbose"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        seen = time.perf_counter() - start
+        details = proc.stdout.readline()
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    m = re.search(r"quality 4, encoded in ([\d.]+) s \(([\d.]+) s since the process started\)$",
+                  line.strip())
+    assert m, line
+    coding, since_start = float(m[1]), float(m[2])
+    assert coding < since_start <= seen + 0.05          # 10 ms clock ticks, and rounding
+    assert since_start > seen - 1.0, (since_start, seen)  # torch alone takes longer than that
+    stages = dict((name, float(v)) for name, v in
+                  re.findall(r"(start-up|reading|model loading|encoding|writing) ([\d.]+) s", details))
+    assert list(stages) == ["start-up", "reading", "model loading", "encoding", "writing"], details
+    assert stages["encoding"] == coding
+    assert abs(sum(stages.values()) - since_start) < 0.03
+    assert re.search(r"model release [\d.]+ \(fingerprint [0-9a-f]{16}\), \d+ threads?$",
+                     details.strip()), details
+
+
+def test_threads_option_sets_and_restores_the_torch_threads(small_png, small_vae, tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    result = cli("compress", small_png, tmp_path / "a.vae", "--threads", "1", "--verbose")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(", 1 thread")
+    assert torch.get_num_threads() == before
+    assert (tmp_path / "a.vae").read_bytes() == small_vae.read_bytes()
+    result = cli("decompress", tmp_path / "a.vae", tmp_path / "a.png", "--threads", "3", "-v")
+    assert result.exit_code == 0 and result.stdout.strip().endswith(", 3 threads"), result.output
+    assert torch.get_num_threads() == before
+    assert cli("compress", small_png, tmp_path / "b.vae", "--threads", "0").exit_code == 2
+
+
+def test_quiet_prints_nothing_but_errors_and_verbose_adds_the_stages(small_png, tmp_path):
+    src = tmp_path / "p.png"
+    Image.fromarray(photo_crop(48, 64).mean(axis=2).astype(np.uint16) * 257).save(src)   # I;16
+    quiet = cli("compress", src, tmp_path / "q.vae", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    loud = cli("compress", src, tmp_path / "v.vae", "--verbose")
+    assert loud.exit_code == 0
+    assert loud.stderr.startswith("note: 16-bit image coded at 8 bits")
+    first, second = loud.stdout.splitlines()
+    assert first.startswith(f"{src} -> {tmp_path / 'v.vae'}: ")
+    assert second.startswith("  start-up ") and ", model loading " in second
+    quiet = cli("decompress", tmp_path / "q.vae", tmp_path / "q.jpg", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output == ""            # not even JPEG's lossy note
+    failed = cli("decompress", tmp_path / "q.vae", tmp_path / "q.jpg", "--quiet")
+    assert_refused(failed, "exists")
+    assert cli("compress", src, tmp_path / "z.vae", "--quiet", "--verbose").exit_code == 2
+
+
+def test_jpeg_and_webp_quality(small_vae, tmp_path):
+    sizes = {}
+    for q in ("40", "95"):
+        out = tmp_path / f"q{q}.jpg"
+        result = cli("decompress", small_vae, out, "--jpeg-quality", q)
+        assert result.exit_code == 0, result.output
+        assert f"note: JPEG output is lossy (re-encoded at quality {q})" in result.stderr
+        sizes[q] = out.stat().st_size
+    assert sizes["40"] < sizes["95"]
+    default = tmp_path / "default.jpg"
+    assert cli("decompress", small_vae, default).exit_code == 0
+    assert default.read_bytes() == (tmp_path / "q95.jpg").read_bytes()   # 95 is the default
+    lossless, lossy = tmp_path / "lossless.webp", tmp_path / "lossy.webp"
+    assert cli("decompress", small_vae, lossless).exit_code == 0
+    result = cli("decompress", small_vae, lossy, "--webp-quality", "50")
+    assert result.exit_code == 0 and "WebP output is lossy (re-encoded at quality 50)" in result.stderr
+    assert lossy.stat().st_size < lossless.stat().st_size
+    with Image.open(lossless) as a, Image.open(lossy) as b, Image.open(default) as c:
+        assert a.format == b.format == "WEBP" and a.size == b.size == (64, 48)
+        decoded = np.asarray(a.convert("RGB"))
+        assert not np.array_equal(decoded, np.asarray(b.convert("RGB")))
+    direct = tmp_path / "direct.png"
+    assert cli("decompress", small_vae, direct).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(direct)), decoded)      # lossless is lossless
+    for bad in (("--jpeg-quality", "0"), ("--jpeg-quality", "101"), ("--webp-quality", "-1")):
+        assert cli("decompress", small_vae, tmp_path / "x.jpg", *bad).exit_code == 2
+
+
+def test_background_flattens_alpha_for_jpeg(tmp_path):
+    colour = photo_crop(32, 40, seed=3)
+    alpha = np.zeros((32, 40), np.uint8)
+    alpha[:, 20:] = 255                                      # left half transparent
+    Image.fromarray(np.dstack([colour, alpha]), "RGBA").save(tmp_path / "a.png")
+    assert cli("compress", tmp_path / "a.png", tmp_path / "a.vae").exit_code == 0
+    assert_refused(cli("decompress", tmp_path / "a.vae", tmp_path / "a.jpg"),
+                   "JPEG cannot store transparency", "--background COLOR")
+    result = cli("decompress", tmp_path / "a.vae", tmp_path / "a.jpg", "--background", "#00ff00")
+    assert result.exit_code == 0, result.output
+    assert "40x32 RGB" in result.stdout
+    with Image.open(tmp_path / "a.jpg") as im:
+        assert im.mode == "RGB"
+        px = np.asarray(im).astype(int)
+    assert np.abs(px[4:-4, 2:16] - [0, 255, 0]).max() <= 8            # the colour where alpha is 0
+    png = tmp_path / "flat.png"
+    assert cli("decompress", tmp_path / "a.vae", png, "--background", "white").exit_code == 0
+    with Image.open(png) as im, Image.open(tmp_path / "a.png") as src:
+        assert im.mode == "RGB"
+        assert (np.asarray(im)[:, :20] == 255).all()                   # exactly white
+        kept = np.asarray(im)[:, 20:].astype(int) - np.asarray(src.convert("RGB"))[:, 20:]
+        assert np.abs(kept).mean() < 20                                # the opaque half is the image
+    assert cli("decompress", tmp_path / "a.vae", tmp_path / "b.jpg", "--background",
+               "no-such-colour").exit_code == 2
+
+
+def test_benchmark_refuses_to_overwrite_earlier_results(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(photo_crop(64, 96, seed=1)).save(data / "a.png")
+    out = tmp_path / "results"
+    args = ["benchmark", "--dataset", data, "--codecs", "jpeg", "--out", out, "--quiet"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    report = (out / "report.md").read_bytes()
+    (out / "report.md").write_bytes(b"kept")
+    message = assert_refused(cli(*args), f"{out} holds the results of an earlier run", "--force")
+    assert "report.md" in message and (out / "report.md").read_bytes() == b"kept"
+    assert cli(*args, "--reuse", "jpeg").exit_code == 0      # keeping some of them is asked for
+    assert (out / "report.md").read_bytes() != b"kept"
+    (out / "report.md").write_bytes(b"kept")
+    forced = cli(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert (out / "report.md").read_bytes()[:20] == report[:20]

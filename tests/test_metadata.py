@@ -83,3 +83,21 @@ def test_bad_metadata_choice():
 def test_images_without_metadata_have_no_sections():
     assert vaecodec.info(vaecodec.compress(photo_crop(32, 32))).sections == ()
     assert np.asarray(vaecodec.decompress(vaecodec.compress(photo_crop(32, 32)))).shape == (32, 32, 3)
+
+
+def test_cli_keeps_and_strips_metadata(camera_jpeg, tmp_path):
+    from click.testing import CliRunner
+    from vaecodec.cli import main
+    src = tmp_path / "camera.jpg"
+    src.write_bytes(camera_jpeg)
+    kept, stripped = tmp_path / "kept.vae", tmp_path / "stripped.vae"
+    assert CliRunner().invoke(main, ["compress", str(src), str(kept)]).exit_code == 0
+    assert CliRunner().invoke(main, ["compress", str(src), str(stripped), "--strip"]).exit_code == 0
+    assert set(vaecodec.info(kept.read_bytes()).sections) == {"EXIF", "XMP"}
+    assert vaecodec.info(stripped.read_bytes()).sections == ()
+    out = tmp_path / "out.jpg"
+    assert CliRunner().invoke(main, ["decompress", str(kept), str(out)]).exit_code == 0
+    with Image.open(out) as back:
+        assert back.getexif()[0x010F] == "Camera Maker" and 0x0112 not in back.getexif()
+    bad = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "x.vae"), "--metadata", "gps"])
+    assert bad.exit_code == 2 and "metadata must be all, none or a list" in bad.output

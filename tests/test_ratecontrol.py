@@ -85,3 +85,24 @@ def test_parse_size(text, value):
 def test_parse_size_refuses(text):
     with pytest.raises(ValueError):
         ratecontrol.parse_size(text)
+
+
+def test_cli_size_target(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+    from vaecodec.cli import main
+    src = tmp_path / "a.png"
+    Image.fromarray(RGB).save(src)
+    out = tmp_path / "a.vae"
+    result = CliRunner().invoke(main, ["compress", str(src), str(out), "--size", "0.7k"])
+    assert result.exit_code == 0, result.output
+    q = vaecodec.info(out.read_bytes()).quality
+    assert out.stat().st_size <= 700 and f"quality {q:g} (chosen for --size 700 bytes)" in result.output
+    both = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "b.vae"), "-q", "3", "--size", "1k"])
+    assert both.exit_code == 2 and "give --quality or --size, not both" in both.output
+    two = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "b.vae"), "--bpp", "1", "--psnr", "30"])
+    assert two.exit_code == 2 and "give one of --size, --bpp and --psnr" in two.output
+    bad = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "b.vae"), "--size", "huge"])
+    assert bad.exit_code == 2 and "not a size" in bad.output
+    tiny = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "c.vae"), "--size", "10"])
+    assert tiny.exit_code == 0 and "out of reach; quality 1 gives the closest file" in tiny.output

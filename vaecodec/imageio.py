@@ -308,6 +308,8 @@ def _normalise(
 
     if mode in ("L", "1"):
         grey = np.array(im if mode == "L" else im.convert("L"))
+        if mode == "1":
+            notices.append("1-bit image coded as 8-bit grey (it decodes as grey, mode L)")
         alpha = None
         if key is not None:
             alpha = _colour_key_alpha(grey, key)
@@ -674,14 +676,16 @@ def check_output_mode(path: PathLike, mode: str) -> None:
 
 
 def write_image(
-    path: PathLike, image: Image.Image, icc_profile: bytes | None, force: bool = False
+    path: PathLike, image: Image.Image, icc_profile: bytes | None, force: bool = False, *,
+    jpeg_quality: int = _JPEG_QUALITY, webp_quality: int | None = None,
 ) -> list[str]:
     """Encode ``image`` in the format given by the extension of ``path`` and
     write it atomically (see :func:`atomic_write_bytes`).
 
     Formats: ``.png``, ``.tif``/``.tiff`` (deflate), ``.webp`` (lossless,
-    exact RGB under transparent pixels), ``.bmp`` and ``.jpg``/``.jpeg``
-    (lossy, quality 95, no chroma subsampling).  ``icc_profile`` (not
+    exact RGB under transparent pixels; lossy at ``webp_quality`` 0-100 when
+    given), ``.bmp`` and ``.jpg``/``.jpeg`` (lossy, ``jpeg_quality`` 1-100,
+    default 95, no chroma subsampling).  ``icc_profile`` (not
     ``image.info``) decides the embedded profile; it is embedded for PNG,
     TIFF, WebP and JPEG and dropped (with a notice) for BMP or when it does not
     match the colour space written.  WebP has no grey modes, so L/LA are
@@ -709,12 +713,13 @@ def write_image(
         raise ImageError(f"cannot write {name}: not a Pillow image ({type(image).__name__})")
     resolve_target(path, force)  # fail fast, before encoding
     check_output_mode(path, image.mode)
-    data, notices = _encode(image, fmt, icc_profile, name)
+    data, notices = _encode(image, fmt, icc_profile, name, jpeg_quality, webp_quality)
     atomic_write_bytes(path, data, force=force)
     return notices
 
 
-def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) -> tuple[bytes, list[str]]:
+def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str,
+            jpeg_quality: int = _JPEG_QUALITY, webp_quality: int | None = None) -> tuple[bytes, list[str]]:
     """``image`` as a file of Pillow format ``fmt`` with the options and profile rules of
     :func:`write_image`; returns the bytes and the notices."""
     if not isinstance(image, Image.Image):
@@ -756,11 +761,14 @@ def _encode(image: Image.Image, fmt: str, icc_profile: bytes | None, name: str) 
         params["compress_level"] = PNG_LEVEL
     elif fmt == "TIFF" and features.check_codec("libtiff"):
         params["compression"] = "tiff_deflate"
-    elif fmt == "WEBP":
+    elif fmt == "WEBP" and webp_quality is None:
         params.update(lossless=True, exact=True)
+    elif fmt == "WEBP":
+        params.update(lossless=False, quality=int(webp_quality), exact=True)
+        notices.append(f"WebP output is lossy (re-encoded at quality {int(webp_quality)})")
     elif fmt == "JPEG":
-        params.update(quality=_JPEG_QUALITY, subsampling=0)
-        notices.append(f"JPEG output is lossy (re-encoded at quality {_JPEG_QUALITY})")
+        params.update(quality=int(jpeg_quality), subsampling=0)
+        notices.append(f"JPEG output is lossy (re-encoded at quality {int(jpeg_quality)})")
 
     buf = io.BytesIO()
     try:

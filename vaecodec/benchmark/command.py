@@ -11,6 +11,11 @@ from .report import ANCHOR, SUBJECT, _fmt
 from .run import run_benchmark
 
 
+#: The files :func:`run_benchmark` writes into its output folder.
+RESULT_FILES = ("results.json", "per-image.json", "per-image.csv", "report.md", "rd-psnr.png",
+                "rd-msssim.png")
+
+
 def _parse_codecs_option(ctx, param, value):
     if param.name == "reuse" and not value:
         return []
@@ -39,9 +44,14 @@ def _parse_codecs_option(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--reuse", default="", metavar="CODECS", callback=_parse_codecs_option,
               help="Comma list of codecs whose per-image results already in OUT are kept "
-                   "(e.g. the classical codecs when only the vaecodec weights changed).")
+                   "(e.g. the classical codecs when only the vaecodec weights changed); the "
+                   "rest of OUT's results are rewritten.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite the results of an earlier run in OUT (refused without it, "
+                   "unless --reuse names codecs to keep from them).")
 def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None, jobs: int,
-                      limit: int | None, threads: int, quiet: bool, reuse: list[str]) -> None:
+                      limit: int | None, threads: int, quiet: bool, reuse: list[str],
+                      force: bool) -> None:
     """Rate-distortion benchmark of vaecodec against JPEG, WebP, AVIF, JPEG XL and JPEG 2000.
 
     For every image and quality it measures the real file size (bpp), PSNR-RGB (dB), MS-SSIM
@@ -57,6 +67,11 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
     name = dataset.resolve().name if dataset is not None else "skimage"
     if out is None:
         out = Path("benchmarks") / "results" / name
+    earlier = [f for f in RESULT_FILES if (Path(out) / f).exists()]
+    if earlier and not force and not reuse:
+        raise click.ClickException(
+            f"{out} holds the results of an earlier run ({', '.join(earlier)}); use --force to "
+            "overwrite them, --reuse CODECS to keep some, or another --out")
     result = run_benchmark(dataset, codecs, out, jobs=jobs, limit=limit, threads=threads,
                            progress=not quiet, reuse=reuse)
     click.echo(f"{len(result['images'])} images, codecs: "

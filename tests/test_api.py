@@ -172,3 +172,16 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         warnings.simplefilter("error")
         for block in blocks:
             exec(compile(block, "README.md", "exec"), scope)
+
+
+def test_vae_files_are_not_coded_again_and_paths_decode(tmp_path):
+    data = vaecodec.compress(photo_crop(32, 48), 3)
+    path = tmp_path / "a.vae"
+    path.write_bytes(data)
+    with pytest.raises(vaecodec.CodecError, match="is a .vae file already; decompress it"):
+        vaecodec.compress(path)
+    result = CliRunner().invoke(main, ["compress", str(path), str(tmp_path / "b.vae")])
+    assert result.exit_code == 1 and "is a .vae file already" in result.output
+    assert np.array_equal(np.asarray(vaecodec.decompress(path)), np.asarray(vaecodec.decompress(data)))
+    with pytest.raises(vaecodec.CodecError, match="cannot read"):
+        vaecodec.decompress(tmp_path / "missing.vae")

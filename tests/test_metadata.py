@@ -101,3 +101,13 @@ def test_cli_keeps_and_strips_metadata(camera_jpeg, tmp_path):
         assert back.getexif()[0x010F] == "Camera Maker" and 0x0112 not in back.getexif()
     bad = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "x.vae"), "--metadata", "gps"])
     assert bad.exit_code == 2 and "metadata must be all, none or a list" in bad.output
+
+
+def test_pillow_open_carries_exif_and_xmp(camera_jpeg, tmp_path):
+    path = tmp_path / "camera.vae"
+    path.write_bytes(vaecodec.compress(camera_jpeg))
+    with Image.open(path) as im:
+        assert im.getexif()[0x010F] == "Camera Maker" and b"image/jpeg" in im.info["xmp"]
+        im.save(tmp_path / "out.jpg", exif=im.info["exif"])   # Pillow writes EXIF when asked
+    with Image.open(tmp_path / "out.jpg") as back:
+        assert back.getexif()[0x010F] == "Camera Maker"

@@ -257,7 +257,7 @@ def decode(data, *, weights=None, progress=None):
 
 
 def decompress(data):
-    """Decompress the bytes of a ``.vae`` file into a ``PIL.Image.Image``.
+    """Decompress a ``.vae`` file (its bytes, or a path) into a ``PIL.Image.Image``.
 
     The image has the original's size and mode (``"RGB"``, ``"L"``, ``"RGBA"`` or ``"LA"``;
     alpha exact), its ICC profile in ``image.info["icc_profile"]``, and the EXIF and XMP it
@@ -269,6 +269,11 @@ def decompress(data):
             newer format, or of a model release this vaecodec does not have (the message
             names it: a newer vaecodec decodes it).
     """
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as exc:
+            raise CodecError(f"cannot read {data}: {exc.strerror or exc}") from None
     return decode(data)[0]
 
 

@@ -455,6 +455,9 @@ def _decode_image(source, name: str, max_pixels: int) -> tuple[np.ndarray, Image
             raise ImageError(f"{name} is not an image Pillow can read ({one_line(err)})") from None
 
         with im:
+            if im.format == "VAE":   # readable since vaecodec registers its Pillow plugin
+                raise ImageError(f"{name} is a .vae file already; decompress it (coding it again "
+                                 "would lose quality a second time)")
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{name} has zero size ({width}x{height})")

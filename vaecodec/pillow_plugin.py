@@ -8,7 +8,9 @@
 
 Save options: ``quality`` (1 to 8, default 4; not JPEG's 0-100 scale), ``refine`` (encoder-side
 refinement steps, default 0) and ``model`` (a model release ID, default the newest). The ICC
-profile in ``im.info`` is kept, alpha is stored losslessly, EXIF orientation is applied.
+profile, EXIF and XMP in ``im.info`` are kept (opening a ``.vae`` file puts them there, as
+Pillow's own plugins do; pass ``exif=im.info["exif"]`` to write EXIF into a JPEG, as for any
+Pillow image), alpha is stored losslessly, EXIF orientation is applied.
 
 Format ``"VAE"``, extension ``.vae``, MIME type ``image/x-vae``. A damaged file raises
 ``PIL.UnidentifiedImageError`` (an ``OSError``) at open, naming what is wrong; one that decodes
@@ -48,6 +50,10 @@ class VaeImageFile(ImageFile.ImageFile):
         for s in container.sections:
             if s.kind == bitstream.SECTION_ICC:
                 self.info["icc_profile"] = s.data
+            elif s.kind == bitstream.SECTION_EXIF:
+                self.info["exif"] = b"Exif\x00\x00" + s.data   # as Pillow's JPEG plugin keeps it
+            elif s.kind == bitstream.SECTION_XMP:
+                self.info["xmp"] = s.data
         self.info["quality"] = header.quality_milli / 1000
         self.info["release"] = header.release
         self.tile = [ImageFile._Tile("vae", (0, 0) + self.size, 0, (data, name))]

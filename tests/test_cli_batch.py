@@ -301,7 +301,10 @@ def test_a_signal_stops_the_workers_at_once_and_leaves_no_file(tmp_path, signum,
     proc = subprocess.Popen([sys.executable, "-m", "vaecodec", "compress", str(src), "-o", str(out),
                              "--jobs", "2", "--threads", "1", "--refine", "1000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=tmp_path)
+                            cwd=tmp_path,
+                            # as from a terminal: an ignored SIGINT would be inherited (a shell's
+                            # background job, or a test before this one) and Ctrl-C never seen
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(12)
         assert proc.poll() is None

@@ -203,5 +203,5 @@ def test_compress_model_option(tmp_path, photo_path):
     assert ok.exit_code == 0, ok.output
     assert bitstream.peek_header((tmp_path / "a.vae").read_bytes()).release == FIRST
     bad = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "b.vae"), "--model", "1999.01"])
-    assert bad.exit_code == 1 and "unknown model release '1999.01'; this vaecodec has 2026.12" in bad.output
+    assert bad.exit_code == 2 and "unknown model release '1999.01'; this vaecodec has 2026.12" in bad.output
     assert not (tmp_path / "b.vae").exists()

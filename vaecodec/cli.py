@@ -801,6 +801,16 @@ def compress(ctx, paths: tuple[str, ...], quality: float, refine: int, size: str
             targets = [("size", float(parse_size(size)))]
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--size") from None
+    if release is not None:   # an unknown release, or one without an encoder: a usage error
+        from . import releases
+        try:
+            found = releases.find(release)
+        except releases.ReleaseError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from None
+        if not found.can_encode:
+            raise click.BadParameter(f"release {release} cannot encode in this vaecodec; releases "
+                                     f"that can: {', '.join(releases.encoders()) or 'none'}",
+                                     param_hint="--model")
     if strip:
         metadata = "none"
     from .api import metadata_kinds

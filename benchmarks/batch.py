@@ -58,6 +58,27 @@ def same_files(a: Path, b: Path) -> bool:
         (a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
+def measure(command: str, inputs: list[Path], suffix: str, tmp: Path, rows: list, same: dict) -> list[Path]:
+    """Time ``command`` on ``inputs`` four ways (a process per file, one batch call, with
+    --threads 1, with --jobs 2 --threads 1), appending ``(command, how, seconds)`` to ``rows``
+    and to ``same[command]`` whether the batch and --jobs 2 outputs equal the loop's. Returns
+    the loop's outputs, sorted."""
+    loop, one, two = tmp / "loop", tmp / "batch", tmp / "jobs2"
+    loop.mkdir(parents=True)
+    what = "image" if command == "compress" else "file"
+    seconds = sum(vaecodec(command, str(f), str(loop / f"{f.stem}{suffix}")) for f in inputs)
+    rows.append((command, f"loop: one process per {what}", seconds))
+    rows.append((command, "batch: one call, --out-dir",
+                 vaecodec(command, *map(str, inputs), "--out-dir", str(one))))
+    rows.append((command, "batch: --threads 1",
+                 vaecodec(command, *map(str, inputs), "--out-dir", str(tmp / "t1"), "--threads", "1")))
+    rows.append((command, "batch: --jobs 2 --threads 1",
+                 vaecodec(command, *map(str, inputs), "--out-dir", str(two), "--jobs", "2",
+                          "--threads", "1")))
+    same[command] = (same_files(loop, one), same_files(loop, two))
+    return sorted(one.iterdir())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=KODAK)
@@ -70,37 +91,12 @@ def main() -> None:
     n = len(images)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = []
+    rows, same = [], {}
     with tempfile.TemporaryDirectory(prefix="vaecodec-batch-") as tmp:
         tmp = Path(tmp)
-        loop, one, two = tmp / "loop", tmp / "batch", tmp / "jobs2"
-        loop.mkdir()
-        seconds = sum(vaecodec("compress", str(img), str(loop / f"{img.stem}.vae")) for img in images)
-        rows.append(("compress", "loop: one process per image", seconds))
-        rows.append(("compress", "batch: one call, --out-dir",
-                     vaecodec("compress", *map(str, images), "--out-dir", str(one))))
-        rows.append(("compress", "batch: --threads 1",
-                     vaecodec("compress", *map(str, images), "--out-dir", str(tmp / "t1"),
-                              "--threads", "1")))
-        rows.append(("compress", "batch: --jobs 2 --threads 1",
-                     vaecodec("compress", *map(str, images), "--out-dir", str(two), "--jobs", "2",
-                              "--threads", "1")))
-        same = {"compress": (same_files(loop, one), same_files(loop, two))}
+        vae = measure("compress", images, ".vae", tmp / "c", rows, same)
         if not args.no_decompress:
-            vae = sorted(one.iterdir())
-            dloop, done, dtwo = tmp / "dloop", tmp / "dbatch", tmp / "djobs2"
-            dloop.mkdir()
-            seconds = sum(vaecodec("decompress", str(f), str(dloop / f"{f.stem}.png")) for f in vae)
-            rows.append(("decompress", "loop: one process per file", seconds))
-            rows.append(("decompress", "batch: one call, --out-dir",
-                         vaecodec("decompress", *map(str, vae), "--out-dir", str(done))))
-            rows.append(("decompress", "batch: --threads 1",
-                         vaecodec("decompress", *map(str, vae), "--out-dir", str(tmp / "dt1"),
-                                  "--threads", "1")))
-            rows.append(("decompress", "batch: --jobs 2 --threads 1",
-                         vaecodec("decompress", *map(str, vae), "--out-dir", str(dtwo), "--jobs",
-                                  "2", "--threads", "1")))
-            same["decompress"] = (same_files(dloop, done), same_files(dloop, dtwo))
+            measure("decompress", vae, ".png", tmp / "d", rows, same)
     print(f"{n} images of {args.dataset.name}, {date}, {cpu_name()}, {os.cpu_count()} cores, "
           f"load average {load:.2f} before the run, Python {platform.python_version()}"
           + (f", GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}" if "GLIBC_TUNABLES" in os.environ else ""))

@@ -240,7 +240,10 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     step = (lambda: progress(1)) if progress else None   # after each refinement step
     for top, left, h, w in tile_grid(height, width, tile, overlap):
         # padded as uint8, then made float: a quarter of the memory of padding the floats
-        x = torch.from_numpy(np.ascontiguousarray(rgb[top:top + h, left:left + w]))
+        tile_rgb = rgb[top:top + h, left:left + w]
+        if not (tile_rgb.flags.c_contiguous and tile_rgb.flags.writeable):
+            tile_rgb = np.array(tile_rgb)   # torch wants a writable, contiguous array
+        x = torch.from_numpy(tile_rgb)
         x = _pad_to_stride(x.permute(2, 0, 1)[None]).float().div_(255.0)
         if analysis is not None and not refine:
             s = _code_cached(model, x, quality_milli / 1000, analysis, (top, left))

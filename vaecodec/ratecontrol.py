@@ -108,14 +108,14 @@ def search(encode, decode, rgb: np.ndarray, target: str, value: float, refine: i
     # the ends first: a target out of reach takes the closest end
     low = measure(1.0, 0)
     if limit is not None and not low[2]:
-        return _finish(encode, measure, 1.0, refine, low, False)
+        return _finish(measure, 1.0, refine, low, False)
     high = measure(8.0, 0)
     if limit is None and not high[2]:
-        return _finish(encode, measure, 8.0, refine, high, False)
+        return _finish(measure, 8.0, refine, high, False)
     if limit is not None and high[2]:
-        return _finish(encode, measure, 8.0, refine, high, True)
+        return _finish(measure, 8.0, refine, high, True)
     if limit is None and low[2]:
-        return _finish(encode, measure, 1.0, refine, low, True)
+        return _finish(measure, 1.0, refine, low, True)
     start = (1.0, low[0], low[1]) if limit is not None else (8.0, high[0], high[1])
     q, data, db = bisect(1.0, 8.0, PROBES, 0, start)
     if not refine:
@@ -143,7 +143,7 @@ def _better(best, candidate, size_target: bool):
     return candidate if candidate[0] < best[0] else best
 
 
-def _finish(encode, measure, q: float, refine: int, probe, reached: bool) -> Result:
+def _finish(measure, q: float, refine: int, probe, reached: bool) -> Result:
     """The file at an end of the quality range (refined when asked; whether the refined file
     meets the target is measured again)."""
     if refine:

@@ -69,8 +69,9 @@ class Release:
 
     @property
     def can_encode(self) -> bool:
-        """Whether its encoder files are shipped (only the newest release's need to be)."""
-        return all((self.folder / f).is_file() for f in ENCODER_FILES[:1])
+        """Whether its analysis transform is shipped (only the newest release's needs to be;
+        ``--refine`` also needs the training file)."""
+        return (self.folder / ENCODER_FILES[0]).is_file()
 
     @property
     def decoder_bytes(self) -> int:

@@ -76,7 +76,7 @@ def stage(source: Path, out: Path, float_dtype: str) -> bytes:
     from vaecodec.model import MeanScaleHyperprior
     from vaecodec.train import checkpoint_config, load_checkpoint, saved_architecture
     model = MeanScaleHyperprior(**saved_architecture(checkpoint_config(source)))
-    steps = load_checkpoint(source, model)
+    steps = load_checkpoint(source, model, averaged=True)   # the weight average, if any
     return weights.export(model, out, steps=steps, float_dtype=float_dtype)
 
 

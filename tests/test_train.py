@@ -75,6 +75,47 @@ def test_train_resume_and_export(tmp_path, image_dir):
     assert loaded.decompress(s, 2.5).shape == x.shape
 
 
+def test_weight_average_is_checkpointed_resumed_and_exported(tmp_path, image_dir):
+    """The average follows the run (decay warms up from the first update), resumes with the
+    checkpoint, and export loads it instead of the trained parameters."""
+    from vaecodec.train import WeightAverage, load_checkpoint
+    ckpt = train(tiny(tmp_path / "run", image_dir, average=0.5))
+    tensors = load_file(str(ckpt))
+    names = [n for n, _ in MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2).named_parameters()]
+    assert {f"average.{n}" for n in names} <= set(tensors)
+    with safe_open(str(ckpt), "pt") as f:
+        assert json.loads(f.metadata()["extra"])["average_updates"] == 3
+    # the average lies between the start and the trained weights: not a copy of either
+    moved = [n for n in names if not torch.equal(tensors[f"average.{n}"], tensors[f"model.{n}"])]
+    assert moved
+    ckpt = train(tiny(tmp_path / "run", image_dir, average=0.5, resume=True))
+    with safe_open(str(ckpt), "pt") as f:
+        assert json.loads(f.metadata()["extra"])["average_updates"] == 6
+    tensors = load_file(str(ckpt))
+    raw, averaged = (MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2) for _ in range(2))
+    assert load_checkpoint(ckpt, raw) == load_checkpoint(ckpt, averaged, averaged=True) == 6
+    for n, p in averaged.named_parameters():
+        assert torch.equal(p.detach(), tensors[f"average.{n}"]), n
+    for n, p in raw.named_parameters():
+        assert torch.equal(p.detach(), tensors[f"model.{n}"]), n
+    # one update with decay d moves the average (1 - d) of the way; the first updates use less decay
+    model = torch.nn.Linear(2, 1)
+    average = WeightAverage(model, 0.999)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update()   # decay min(0.999, 2/11)
+    assert torch.allclose(average.shadow[0], start + 9 / 11)
+    # a run without an average writes none, and export falls back to the trained weights
+    ckpt = train(tiny(tmp_path / "plain", image_dir, average=0.0))
+    assert not any(k.startswith("average.") for k in load_file(str(ckpt)))
+    plain = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
+    load_checkpoint(ckpt, plain, averaged=True)
+    tensors = load_file(str(ckpt))
+    for n, p in plain.named_parameters():
+        assert torch.equal(p.detach(), tensors[f"model.{n}"]), n
+
+
 def test_images_too_small_to_use_are_reported(tmp_path, image_dir, capsys):
     """The validation split takes img0 (160x200), too small for its 256 px centre crops: the
     trainer says so instead of silently validating on nothing."""

@@ -997,6 +997,9 @@ def _lambdas_option(ctx, param, value):
                    "convolutions use natively: 1.7-1.8x faster bf16 steps on a 2-core AVX-512 "
                    "Xeon, 1.05x in fp32 (benchmarks/train-speed.md). The checkpoint is the "
                    "same either way.")
+@click.option("--average", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True,
+              help="Decay of the exponential moving average of the weights kept beside the "
+                   "trained ones (Polyak averaging); export uses the average. 0: none.")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Export weights to this folder when done (e.g. weights).")
 def train(export_dir, **options):
@@ -1024,12 +1027,12 @@ def train(export_dir, **options):
         _export(ckpt, Path(export_dir))
 
 
-def _export(checkpoint: Path, out: Path, float_dtype: str = "float32") -> None:
+def _export(checkpoint: Path, out: Path, float_dtype: str = "float32", averaged: bool = True) -> None:
     from . import weights
     from .model import MeanScaleHyperprior
     from .train import checkpoint_config, load_checkpoint, saved_architecture
     model = MeanScaleHyperprior(**saved_architecture(checkpoint_config(checkpoint)))
-    steps = load_checkpoint(checkpoint, model)
+    steps = load_checkpoint(checkpoint, model, averaged=averaged)
     fp = weights.export(model, out, steps=steps, float_dtype=float_dtype)
     click.echo(f"exported {checkpoint} (step {steps}) to {out}/ (fingerprint {fp.hex()})")
 
@@ -1047,7 +1050,10 @@ def _export(checkpoint: Path, out: Path, float_dtype: str = "float32") -> None:
               help="Write the compact training state to this file instead (one file, bfloat16, "
                    "~15 MiB; `train --init FILE` continues from it). This is what the "
                    "repository keeps of training between releases.")
-def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | None):
+@click.option("--average/--no-average", default=True, show_default=True,
+              help="Export the checkpoint's weight average (train --average) where it has one, "
+                   "else the trained weights.")
+def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | None, average: bool):
     """Export a training checkpoint to safetensors weights with fresh entropy tables.
 
     An export is no release: files coded with it (--weights) name no release and decode only
@@ -1059,7 +1065,7 @@ def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | Non
         click.echo(f"wrote the training state of {checkpoint} (step {step}) to {state} "
                    f"({state.stat().st_size / 2**20:.1f} MiB)")
         return
-    _export(checkpoint, out, "float16" if float16 else "float32")
+    _export(checkpoint, out, "float16" if float16 else "float32", average)
 
 
 class LazyCommand(click.Command):

@@ -78,6 +78,7 @@ class TrainConfig:
     threads: int = 0
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
     channels_last: bool = True       # NHWC tensors: 1.7-1.8x faster bf16 steps (train-speed.md)
+    average: float = 0.999           # decay of the weight average exported (0: none); see WeightAverage
     sampling: str = "area"           # crops' images: "area" (per pixel) or "image"; sampling_weights
 
     def __post_init__(self):
@@ -267,10 +268,54 @@ def validate(model: MeanScaleHyperprior, images: list[torch.Tensor], crop: int =
     return results
 
 
+# ---------------------------------------------------------------------------- weight average
+class WeightAverage:
+    """Exponential moving average of the parameters, kept beside the trained ones and exported
+    instead of them (Polyak & Juditsky 1992; as ``tf.train.ExponentialMovingAverage``).
+
+    After ``n`` updates the decay is ``min(decay, (1 + n) / (10 + n))``, so an average started
+    from loaded weights follows the run within a few hundred steps. ``decay`` 0.999 averages over
+    about the last 1,000 steps. Saved in checkpoints as ``average.<parameter>`` tensors with the
+    update count in the metadata; ``--resume`` continues it, ``--init`` starts a new one.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
+        self.decay, self.updates = decay, updates
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the current parameters (call after each optimiser step)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The average as checkpoint entries ``average.<parameter name>``."""
+        return {f"average.{n}": s.detach().cpu().contiguous() for n, s in zip(self.names, self.shadow)}
+
+    def restore(self, tensors: dict[str, torch.Tensor], updates: int) -> bool:
+        """Take the average from checkpoint ``tensors``; False (and unchanged) when it has none."""
+        if not all(f"average.{n}" in tensors for n in self.names):
+            return False
+        with torch.no_grad():
+            for n, s in zip(self.names, self.shadow):
+                s.copy_(tensors[f"average.{n}"])
+        self.updates = updates
+        return True
+
+
 # ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig, extra: dict) -> None:
-    """Model, Adam moments and step in one safetensors file, written atomically."""
+def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig, extra: dict,
+                    average: WeightAverage | None = None) -> None:
+    """Model, Adam moments, the weight average (if any) and step in one safetensors file,
+    written atomically."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update(average.tensors())
+        extra = {**extra, "average_updates": average.updates, "average_decay": average.decay}
     for i, p in enumerate(optimizer.param_groups[0]["params"]):
         state = optimizer.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
@@ -320,11 +365,14 @@ def save_training_state(checkpoint: Path, path: Path) -> int:
     return int(meta["step"])
 
 
-def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = False) -> int:
+def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = False,
+                    averaged: bool = False) -> int:
     """Restore from :func:`save_checkpoint` (or a compact state of :func:`save_training_state`);
-    returns the step. Adam state only if given. ``new_slices_ok``: see :func:`load_state` (for
-    ``--init``). Raises :class:`TrainingError` when ``path`` is not a checkpoint or is damaged or
-    incomplete."""
+    returns the step. Adam state only if ``optimizer`` is given. ``averaged``: load the weight
+    average (:class:`WeightAverage`) into ``model`` instead of the trained parameters, where the
+    checkpoint has one (for export).
+    ``new_slices_ok``: see :func:`load_state` (for ``--init``). Raises :class:`TrainingError`
+    when ``path`` is not a checkpoint or is damaged or incomplete."""
     meta = checkpoint_metadata(path)
     step = int(meta["step"])
     try:
@@ -333,7 +381,10 @@ def load_checkpoint(path: Path, model, optimizer=None, new_slices_ok: bool = Fal
             from .weights import unpack_tensors
             tensors = {k: v.float() if v.dtype == torch.bfloat16 else v
                        for k, v in unpack_tensors(tensors, meta["packed"]).items()}
-        load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, new_slices_ok)
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        if averaged:
+            state.update({k[8:]: v for k, v in tensors.items() if k.startswith("average.")})
+        load_state(model, state, new_slices_ok)
     except Exception as exc:   # safetensors' own error type; load_state_dict's RuntimeError
         raise TrainingError(f"{path} is damaged or incomplete ({str(exc).splitlines()[0][:120]})") from None
     if optimizer is not None:
@@ -487,6 +538,11 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    average = WeightAverage(model, cfg.average) if cfg.average > 0 else None
+    if average is not None and cfg.resume and ckpt.exists():
+        extra = json.loads(checkpoint_metadata(ckpt).get("extra", "{}"))
+        if average.restore(load_file(str(ckpt)), int(extra.get("average_updates", 0))) and rank == 0:
+            print(f"weight average resumed ({average.updates} updates)", flush=True)
 
     precision, why = resolve_precision(cfg.precision, device)
     if rank == 0:
@@ -532,10 +588,12 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if finite and rank == 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
             # saved before the update, as weights just seen to give a finite loss: a diverging
             # run never replaces its last good checkpoint
-            save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+            save_checkpoint(ckpt, model, optimizer, step, cfg, {}, average)
             last_ckpt = time.time()
         if finite:   # skip the rare non-finite step instead of poisoning Adam
             optimizer.step()
+            if average is not None:
+                average.update()
             nonfinite = 0
         else:
             nonfinite += 1
@@ -567,7 +625,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     if rank == 0:
         bar.close()
         if not nonfinite or not ckpt.exists():   # after failing steps, the last one is better
-            save_checkpoint(ckpt, model, optimizer, step, cfg, {})
+            save_checkpoint(ckpt, model, optimizer, step, cfg, {}, average)
         log.close()
         print(f"stopped at step {step}; checkpoint {ckpt}", flush=True)
     if distributed:

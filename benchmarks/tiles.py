@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         "",
         f"Measured {dt.date.today().isoformat()} with `python benchmarks/tiles.py` on "
         f"{platform.processor() or platform.machine()} ({len(files)} photos of "
-        f"`{Path(args.data).name}`, evaluation only), release {model.coding.release or 'none'}. "
+        f"`{Path(args.data).name}`, evaluation only), release {model.release or 'none'}. "
         "Bytes of the whole file; PSNR on RGB; time is encode + decode in one process (whole / tiles).",
         "",
         "| image | size | quality | 1024-px tiles: bytes / PSNR | one tile: bytes / PSNR | bytes | time |",

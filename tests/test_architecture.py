@@ -27,8 +27,8 @@ LAYERS = (
      "vaecodec.fileio"},
     # 1: the model, the release registry
     {"vaecodec.model", "vaecodec.releases"},
-    # 2: what the coder builds on the model
-    {"vaecodec.refine", "vaecodec.weights"},
+    # 2: the coder (what coding needs of a trained model), its loader, encoder-side refinement
+    {"vaecodec.coder", "vaecodec.refine", "vaecodec.weights"},
     # 3: the .vae coder (arrays in, arrays out)
     {"vaecodec.codec", "vaecodec.ratecontrol"},
     # 4: image files, the library API and the Pillow plugin it backs
@@ -137,6 +137,8 @@ def test_the_graph_sees_module_level_and_lazy_imports():
     assert "vaecodec.alpha" in graph["vaecodec.codec"]              # checks an alpha section
     assert "vaecodec.fileio" in graph["vaecodec.imageio"]           # writes image files
     assert "vaecodec.api" in graph["vaecodec"]                      # the package's own __init__
+    assert "vaecodec.coder" in graph["vaecodec.weights"]            # the loader builds the coder
+    assert "vaecodec.coder" not in graph["vaecodec.model"]          # training needs no coder
 
 
 def test_every_module_imports_only_its_own_layer_or_below():

@@ -92,7 +92,7 @@ def test_block_weights_are_under_the_fingerprint(blocks_dir, tmp_path):
     torch.manual_seed(0)
     changed = randomised(MeanScaleHyperprior(16, 24, slices=4, checkerboard=True, blocks=2), seed=1)
     fp_changed = weights.export(changed, tmp_path / "changed")
-    assert fp_changed != weights.load(blocks_dir).coding.fingerprint
+    assert fp_changed != weights.load(blocks_dir).fingerprint
     lying = tmp_path / "lying"
     shutil.copytree(blocks_dir, lying)
     for fname in ("synthesis.safetensors", "analysis.safetensors", "context.safetensors",

@@ -44,7 +44,7 @@ def test_anchor_mask_is_a_checkerboard():
 
 
 def test_export_load_keeps_the_checkerboard(board, board_dir):
-    assert board.checkerboard and len(board.coding.spatial) == 4 and len(board.coding.context) == 3
+    assert board.checkerboard and len(board.spatial) == 4 and len(board.context) == 3
     model, _ = weights.load_float_model(board_dir)
     assert model.checkerboard and float(model.spatial[3][-1].weight.detach().abs().sum()) > 0
 
@@ -99,7 +99,7 @@ def test_spatial_context_changes_the_code(board_dir, coded, tmp_path):
 
 
 def test_spatial_accumulators_are_exact_in_float64(board):
-    assert_exact_in_float64(board.coding.spatial)
+    assert_exact_in_float64(board.spatial)
 
 
 def test_a_new_checkerboard_starts_as_the_model_it_extends():

@@ -48,11 +48,11 @@ def test_large_images_are_coded_as_one_tile(model):
     assert psnr(out, rgb) > 30
     x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        whole = model.g_a(x)
-        windows = run_tiled(model.g_a, x, 16, 512, 64)
+        whole = model.model.g_a(x)
+        windows = run_tiled(model.model.g_a, x, 16, 512, 64)
         assert (whole - windows).abs().max() < 1e-4 and windows.shape == whole.shape
-        synth = run_tiled(model.g_s, whole, 16, 32, 4, inverse=True)
-        assert (synth - model.g_s(whole)).abs().max() * 255 < 0.01
+        synth = run_tiled(model.model.g_s, whole, 16, 32, 4, inverse=True)
+        assert (synth - model.model.g_s(whole)).abs().max() * 255 < 0.01
     assert codec.work_units(192, 1280) == 1
 
 

@@ -91,18 +91,18 @@ def test_one_ulp_perturbation_leaves_entropy_parameters_unchanged(model, coded):
     s = streams_of(data)[0]
     z_hat, _ = model.decode_latents(s)
     z = z_hat.double()
-    mean, index = model.coding.h_s(z)
+    mean, index = model.h_s(z)
     for direction in (np.inf, -np.inf):
         z_ulp = torch.from_numpy(np.nextafter(z.numpy(), direction))
         assert not torch.equal(z_ulp, z)
-        mean2, index2 = model.coding.h_s(z_ulp)
+        mean2, index2 = model.h_s(z_ulp)
         assert torch.equal(index2, index) and torch.equal(mean2, mean)
 
 
 def test_integer_hyper_synthesis_is_exact_in_float64(model):
     """Accumulators stay below 2**53, so float64 evaluation yields exact integers."""
     from vaecodec.integer import ACT_MAX, Z_MAX
-    hs = model.coding.h_s
+    hs = model.h_s
     bound = Z_MAX
     for i, w in enumerate(hs.weights):
         fan_in = w.shape[0 if hs.transposed[i] else 1] * w.shape[2] * w.shape[3]

@@ -43,7 +43,7 @@ def test_hyper_synthesis_has_its_own_file(export_dir):
     hyper = load_file(str(export_dir / HYPER_FILE))
     assert hyper and all(k.startswith("h_s_int.") for k in hyper)
     assert not any(k.startswith("h_s_int.") for k in load_file(str(export_dir / SYNTHESIS_FILE)))
-    assert weights.load(export_dir, encoder=False).coding.h_s is not None
+    assert weights.load(export_dir, encoder=False).h_s is not None
 
 
 def test_an_export_with_the_hyper_synthesis_inside_synthesis_still_loads(export_dir, tmp_path):
@@ -53,7 +53,7 @@ def test_an_export_with_the_hyper_synthesis_inside_synthesis_still_loads(export_
     rewrite(old / SYNTHESIS_FILE, merged)
     (old / HYPER_FILE).unlink()
     new_model, old_model = weights.load(export_dir), weights.load(old)
-    assert old_model.coding.fingerprint == new_model.coding.fingerprint
+    assert old_model.fingerprint == new_model.fingerprint
     rgb = photo_crop(64, 128, seed=1)
     data = codec.compress_array(rgb, 3.0, model=new_model)
     assert codec.compress_array(rgb, 3.0, model=old_model) == data

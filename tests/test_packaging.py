@@ -19,7 +19,7 @@ def test_wheel_installs_weights_as_package_data(tmp_path):
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from vaecodec import weights\n"
             "d = weights.default_weights_dir(); m = weights.load()\n"
-            "print(d); print(m.coding.fingerprint.hex())\n") % str(target)
+            "print(d); print(m.fingerprint.hex())\n") % str(target)
     env.pop("PYTHONPATH", None)
     env.pop("VAECODEC_WEIGHTS", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -32,4 +32,4 @@ def test_wheel_installs_weights_as_package_data(tmp_path):
     assert {p.name for p in (target / "vaecodec" / "benchmark").glob("*.py")} == \
         {p.name for p in (ROOT / "vaecodec" / "benchmark").glob("*.py")}
     from vaecodec.codec import get_model
-    assert fp == get_model().coding.fingerprint.hex()
+    assert fp == get_model().fingerprint.hex()

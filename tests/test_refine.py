@@ -34,7 +34,7 @@ def test_sga_round_lies_between_floor_and_ceiling_and_anneals_to_rounding():
 
 
 def test_model_lmbda_follows_the_ladder_and_interpolates_geometrically(model):
-    ladder = [float(v) for v in model.lambdas]
+    ladder = [float(v) for v in model.model.lambdas]
     assert model.lmbda(1) == pytest.approx(ladder[0]) and model.lmbda(8) == pytest.approx(ladder[7])
     assert model.lmbda(3.5) == pytest.approx((ladder[2] * ladder[3]) ** 0.5)
     with pytest.raises(ValueError):
@@ -76,11 +76,11 @@ def test_refined_file_is_an_ordinary_file_reproducible_and_counted_in_progress(r
 
 
 def test_refinement_leaves_the_model_untouched(refining_model):
-    before = {k: v.clone() for k, v in refining_model.state_dict().items()}
-    flags = [p.requires_grad for p in refining_model.parameters()]
+    before = {k: v.clone() for k, v in refining_model.model.state_dict().items()}
+    flags = [p.requires_grad for p in refining_model.model.parameters()]
     codec.compress_array(photo_crop(64, 64), 3.0, model=refining_model, refine=2)
-    assert all(torch.equal(before[k], v) for k, v in refining_model.state_dict().items())
-    assert [p.requires_grad for p in refining_model.parameters()] == flags
+    assert all(torch.equal(before[k], v) for k, v in refining_model.model.state_dict().items())
+    assert [p.requires_grad for p in refining_model.model.parameters()] == flags
 
 
 def test_refine_needs_the_float_entropy_model_and_a_valid_step_count():
@@ -154,7 +154,7 @@ def test_benchmark_measures_refined_vaecodec_head_to_head(tmp_path, monkeypatch)
 def test_damaged_float_weights_fall_back_to_the_plain_latents(refining_model):
     rgb = photo_crop(64, 64, seed=5)
     plain = codec.compress_array(rgb, 4.0, model=refining_model)
-    weight = refining_model.h_s[0].weight
+    weight = refining_model.model.h_s[0].weight
     kept = weight.detach().clone()
     try:
         with torch.no_grad():

@@ -37,7 +37,7 @@ def test_default_compress_names_the_newest_release(model):
     from vaecodec import bitstream, codec
     data = codec.compress_array(photo_crop(64, 64), 4.0, model=model)
     header = bitstream.peek_header(data)
-    assert data[4] == 2 and header.release == FIRST and header.fingerprint == model.coding.fingerprint
+    assert data[4] == 2 and header.release == FIRST and header.fingerprint == model.fingerprint
 
 
 def test_decoder_weights_hold_no_training_only_tensors():

@@ -37,7 +37,7 @@ def coded(sliced):
 
 
 def test_export_load_keeps_slices(sliced):
-    assert sliced.slices == 4 and len(sliced.coding.context) == 3 and len(sliced.lrp) == 4
+    assert sliced.slices == 4 and len(sliced.context) == 3 and len(sliced.model.lrp) == 4
 
 
 def test_round_trip_and_exact_latents_under_thread_counts(sliced, coded):
@@ -92,7 +92,7 @@ def test_context_changes_the_code(sliced_dir, coded, tmp_path):
 def test_context_accumulators_are_exact_in_float64(sliced):
     """Inputs ``<= 2**11 * 2**8``, hidden activations ``<= 2**24``, weights ``<= 2**13``:
     every accumulator stays below 2**53, so float64 evaluation is exact."""
-    assert_exact_in_float64(sliced.coding.context)
+    assert_exact_in_float64(sliced.context)
 
 
 def test_damaged_y_stream_is_refused(sliced, coded):

@@ -55,7 +55,7 @@ def test_train_resume_and_export(tmp_path, image_dir):
     assert load_checkpoint(ckpt, model) == 6
     fp = weights.export(model, tmp_path / "w", steps=6)
     loaded = weights.load(tmp_path / "w")
-    assert loaded.coding.fingerprint == fp and loaded.steps == 6
+    assert loaded.fingerprint == fp and loaded.steps == 6
     restored, steps = weights.load_float_model(tmp_path / "w")
     assert steps == 6
     for k, v in model.state_dict().items():   # the training-only float nets are stored in float16
@@ -68,7 +68,7 @@ def test_train_resume_and_export(tmp_path, image_dir):
     # tables are rebuilt from the final parameters: they match the prior of this model
     from vaecodec.entropy import factorized_tables
     fresh = factorized_tables(model.prior)
-    assert np.array_equal(fresh["freqs"], loaded.coding.z_tables.freqs)
+    assert np.array_equal(fresh["freqs"], loaded.z_tables.freqs)
     # and the exported model codes an image
     x = torch.from_numpy(photo_crop(64, 128)).permute(2, 0, 1)[None].float() / 255
     s = loaded.compress(x, 2.5)

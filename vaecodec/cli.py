@@ -412,10 +412,10 @@ def _stages(seconds: dict) -> str:
 def _model_text(model) -> str:
     """The model a file was coded with and the torch threads, for --verbose."""
     import torch
-    release = model.coding.release
+    release = model.release
     text = f"model release {release}" if release else "weights that are no release"
     threads = torch.get_num_threads()
-    return f"{text} (fingerprint {model.coding.fingerprint.hex()}), {threads} thread{'s' * (threads != 1)}"
+    return f"{text} (fingerprint {model.fingerprint.hex()}), {threads} thread{'s' * (threads != 1)}"
 
 
 @contextlib.contextmanager

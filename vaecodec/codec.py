@@ -8,7 +8,7 @@
    independently (its own ``z`` and ``y``), so memory stays bounded by one tile: its latents come
    from :func:`vaecodec.refine.refine_latents` (the analysis transforms' own without refinement
    steps), which the model entropy-codes
-   (:meth:`vaecodec.model.MeanScaleHyperprior.code_latents`).
+   (:meth:`vaecodec.coder.Coder.code_latents`).
 2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
    linear ramps so no seam shows; the output has exactly the input's height and width.
 
@@ -40,7 +40,8 @@ MAX_REFINE = 1000   # refinement steps per tile
 
 def get_model(weights_dir: str | None = None, encoder: bool = True, refine: bool = False,
               release: str | None = None):
-    """The model to code with, loaded once per process (see :func:`vaecodec.weights.load`).
+    """The :class:`vaecodec.coder.Coder` to code with, loaded once per process (see
+    :func:`vaecodec.weights.load`).
 
     ``weights_dir``: an export folder (``--weights``); else ``release``: the ID of a shipped
     model release (:mod:`vaecodec.releases`); else ``$VAECODEC_WEIGHTS`` or the newest release.
@@ -80,11 +81,11 @@ def decoder_for(header: "bitstream.Header", model=None):
             newer vaecodec; the message names the file's release.
     """
     if model is not None:
-        if header.fingerprint != model.coding.fingerprint:
+        if header.fingerprint != model.fingerprint:
             raise bitstream.BitstreamError(
                 f"file was made with other model weights (fingerprint {header.fingerprint.hex()}"
                 + (f", release {header.release}" if header.release else "")
-                + f"; these weights are {model.coding.fingerprint.hex()})")
+                + f"; these weights are {model.fingerprint.hex()})")
         return model
     from . import releases
     return get_model(release=releases.for_header(header).id, encoder=False)
@@ -233,7 +234,7 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     check_size(height, width)
     _check_mode(mode, sections, height, width)
     model = model or get_model(refine=bool(refine))
-    if refine and not getattr(model, "float_entropy_model", True):
+    if refine and not model.can_refine:
         raise CodecError("refinement needs the float entropy model: load the weights with refine=True")
     tile, overlap = _geometry(height, width, refine)
     tiles = []
@@ -255,10 +256,10 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
                                            s["y_stream"], s["escapes"]))
         if progress:
             progress(1)
-    header = bitstream.Header(fingerprint=model.coding.fingerprint, quality_milli=quality_milli,
+    header = bitstream.Header(fingerprint=model.fingerprint, quality_milli=quality_milli,
                               height=height, width=width, mode=mode, tile_size=tile,
                               tile_overlap=overlap, latent_channels=model.M, hyper_channels=model.N,
-                              release=model.coding.release)
+                              release=model.release)
     return bitstream.pack(bitstream.Container(header, tuple(tiles), tuple(sections)))
 
 
@@ -268,9 +269,7 @@ def _code_cached(model, x: torch.Tensor, quality: float, analysis: dict, key) ->
     ``analysis[key]``: the same operations in the same order, so the same bytes."""
     if key not in analysis:
         analysis[key] = model.analysis(x)
-    gain, _ = model.gains(quality)
-    y = analysis[key] * gain.detach()[:, None, None]
-    return model.code_latents(y, model.h_a(y))
+    return model.code_latents(*model.latents(analysis[key], quality))
 
 
 def _round_into(rgb: np.ndarray, x_hat: torch.Tensor, rows: int = 256) -> None:
@@ -283,7 +282,7 @@ def _round_into(rgb: np.ndarray, x_hat: torch.Tensor, rows: int = 256) -> None:
 
 
 def _streams(t: "bitstream.TileStreams") -> dict:
-    """A container tile as the stream dict of :meth:`MeanScaleHyperprior.decompress`."""
+    """A container tile as the stream dict of :meth:`vaecodec.coder.Coder.decompress`."""
     return {"z_shape": t.z_shape, "y_shape": t.y_shape, "z_stream": t.z_stream,
             "y_stream": t.y_stream, "escapes": t.escapes}
 

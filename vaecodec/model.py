@@ -23,29 +23,26 @@ As a VAE: the analysis transform is the encoder (the posterior is a unit-width u
 of ``y``; the rate term ``-log2 p(y~ | z~) - log2 p(z~)`` is the KL term; MSE is the distortion.
 
 Image tensors are ``(B, 3, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of :data:`STRIDE`.
+
+This module is what training differentiates; coding with the trained model (exact integer
+entropy model, tables, streams) is :mod:`vaecodec.coder`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from .entropy import (SCALE_MIN, FactorizedPrior, add_uniform_noise, gaussian_likelihood,
                       lower_bound, ste_round)
 from .integer import CONTEXT_MAX
-from .transforms import (analysis_transform, hyper_analysis_transform, hyper_synthesis_transform, run_tiled,
+from .transforms import (analysis_transform, hyper_analysis_transform, hyper_synthesis_transform,
                          slice_transform, synthesis_transform)
 
 STRIDE = 64  # total downsampling of y (16) times z (4)
 SLICES = 4   # channel slices of y in a new model (Minnen & Singh 2020 use 10 of M=320)
-# coding runs the analysis and synthesis transforms in windows of 1024 px plus 64 px of context
-# on each side (their receptive-field radius is about 55 px), so memory stays bounded by one
-# window whatever the image size, while the latents are those of the whole image
-WINDOW, WINDOW_MARGIN = 1024, 64
-SYNTHESIS_WINDOW = 768
 MAX_BLOCKS = 16   # residual blocks per transform stage (ELIC uses 3)
 CONTEXT_CLAMP = float(CONTEXT_MAX)   # |input| bound of the slice networks (the exact path's)
 
@@ -81,7 +78,7 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     return ((rows + cols) % 2 == 0)[None, None]
 
 
-def _corrected_non_anchors(mean, log_scale, d_mean, d_log_scale) -> tuple[torch.Tensor, torch.Tensor]:
+def corrected_non_anchors(mean, log_scale, d_mean, d_log_scale) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean + d_mean`` and ``log_scale + d_log_scale`` at the checkerboard's non-anchor
     positions; the anchors keep ``mean`` and ``log_scale`` unchanged (float and exact path)."""
     keep = anchor_mask(*mean.shape[2:], mean.device)
@@ -217,7 +214,7 @@ class MeanScaleHyperprior(nn.Module):
         from :meth:`slice_parameters`; ``anchors``: the slice's ``y_hat`` at the anchor
         positions, zero elsewhere. Anchor positions keep ``mean`` and ``log_scale``."""
         inputs = torch.cat([mean, log_scale, anchors], 1).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
-        return _corrected_non_anchors(mean, log_scale, *self.spatial[i](inputs).float().chunk(2, 1))
+        return corrected_non_anchors(mean, log_scale, *self.spatial[i](inputs).float().chunk(2, 1))
 
     def residual(self, i: int, mean: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor | float:
         """Latent residual prediction for slice ``i``: a correction in ``(-1/2, 1/2)`` added to
@@ -283,159 +280,3 @@ class MeanScaleHyperprior(nn.Module):
         y_hat, y_likelihoods = self.latents(y, self.h_s(ste_round(z)), noisy=True)
         x_hat = self.g_s(y_hat * inv_gain)
         return ForwardOutput(x_hat, y_likelihoods, z_likelihoods)
-
-    # ------------------------------------------------------------------ coding (exported model)
-    # ``self.coding`` (vaecodec.weights.CodingModels) is attached by vaecodec.weights.load.
-
-    def exact_slice_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
-                               decoded: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coding-time mean and log-scale of slice ``i`` of ``y`` (each ``(1, M/slices, h, w)``,
-        float64), from the exact hyper-synthesis's float64 ``mean`` and ``log_scale`` (all ``M``
-        channels) and the slices ``decoded`` so far (float32). Exact integer network and one
-        float64 addition: identical on every machine."""
-        from .integer import context_input
-        part = slice(i * self.M // self.slices, (i + 1) * self.M // self.slices)
-        mean, log_scale = mean[:, part], log_scale[:, part]
-        if i > 0:
-            d_mean, d_log_scale = self.coding.context[i - 1](
-                context_input([mean, log_scale, *decoded])).chunk(2, 1)
-            mean, log_scale = mean + d_mean, log_scale + d_log_scale
-        return mean, log_scale
-
-    def exact_spatial_parameters(self, i: int, mean: torch.Tensor, log_scale: torch.Tensor,
-                                 anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coding-time version of :meth:`spatial_parameters`: float64 ``mean`` and ``log_scale``
-        of :meth:`exact_slice_parameters` with the exact checkerboard context's corrections at
-        the non-anchor positions; ``anchors``: the slice's ``y_hat`` (float32) at the anchors,
-        zero elsewhere."""
-        from .integer import context_input
-        return _corrected_non_anchors(mean, log_scale,
-                                      *self.coding.spatial[i](context_input([mean, log_scale, anchors])).chunk(2, 1))
-
-    def _halves(self, shape) -> list[torch.Tensor]:
-        """Positions of a slice ``shape`` ``(1, M/slices, h, w)`` in coding order, as bool
-        masks of that shape: everything at once, or with ``checkerboard`` the anchors, then the
-        rest (whose parameters :meth:`exact_spatial_parameters` corrects in between)."""
-        if not self.checkerboard:
-            return [torch.ones(shape, dtype=torch.bool)]
-        anchor = anchor_mask(*shape[2:]).expand(shape)
-        return [anchor, ~anchor]
-
-    @torch.no_grad()
-    def analyse(self, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The analysis transforms' latents of image ``x`` ``(B, 3, H, W)`` in ``[0, 1]`` (H, W
-        multiples of 64) at ``quality`` in ``[1, num_qualities]``: gained ``y``
-        ``(B, M, H/16, W/16)`` and ``z = h_a(y)`` ``(B, N, H/64, W/64)``, neither rounded.
-        Raises ``ValueError`` for a quality outside the range."""
-        gain, _ = self.gains(quality)
-        y = self.analysis(x) * gain.detach()[:, None, None]
-        return y, self.h_a(y)
-
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        """``g_a(x)`` for coding: ``(1, 3, H, W)`` -> ``(1, M, H/16, W/16)``, computed in windows
-        of :data:`WINDOW` px with :data:`WINDOW_MARGIN` px of context
-        (:func:`vaecodec.transforms.run_tiled`); an image of at most 1152 px a side in one go."""
-        return run_tiled(self.g_a, x, 16, WINDOW, WINDOW_MARGIN)
-
-    def synthesis(self, y: torch.Tensor) -> torch.Tensor:
-        """``g_s(y)`` for coding: ``(1, M, h, w)`` -> ``(1, 3, 16h, 16w)``; ``y`` of an image of
-        at most 1152 px a side in one go (as :meth:`analysis`), larger ones in windows of
-        :data:`SYNTHESIS_WINDOW` px with :data:`WINDOW_MARGIN` px of context."""
-        whole = (WINDOW + 2 * WINDOW_MARGIN) // 16
-        if y.shape[2] <= whole and y.shape[3] <= whole:   # as the analysis: in one go
-            return self.g_s(y)
-        # smaller windows than the analysis': the synthesis' activations at full resolution
-        # dominate a decoder's peak memory
-        return run_tiled(self.g_s, y, 16, SYNTHESIS_WINDOW // 16, WINDOW_MARGIN // 16, inverse=True)
-
-    def compress(self, x: torch.Tensor, quality: float) -> dict:
-        """Image ``(1, 3, H, W)`` in ``[0, 1]`` (H, W multiples of 64) -> the coded streams of
-        :meth:`code_latents` for the analysis transforms' latents (:meth:`analyse`). Refined
-        latents (:func:`vaecodec.refine.refine_latents`) go to :meth:`code_latents` directly,
-        as :func:`vaecodec.codec.compress_array` does."""
-        return self.code_latents(*self.analyse(x, quality))
-
-    @torch.no_grad()
-    def code_latents(self, y: torch.Tensor, z: torch.Tensor) -> dict:
-        """Entropy-code gained latents ``y`` ``(1, M, h, w)`` and ``z`` ``(1, N, h/4, w/4)`` (as
-        :meth:`analyse` or :func:`vaecodec.refine.refine_latents` give them; rounded here).
-
-        Returns ``{"z_shape", "y_shape", "z_stream", "y_stream", "escapes"}``. ``z`` is rounded
-        and coded with the per-channel tables; ``y`` slice by slice (with ``checkerboard``, each
-        slice's anchors, then its other half) as ``round(y - mean)`` with the table of its
-        snapped scale, both from :meth:`exact_slice_parameters` and
-        :meth:`exact_spatial_parameters`. Needs the exported coding models (``self.coding``).
-        """
-        from .entropy import IndexedEncoder, encode_indexed
-        from .integer import Z_MAX
-        z_hat = torch.round(z).clamp(-Z_MAX, Z_MAX)
-        channel = torch.arange(z_hat.shape[1])[None, :, None, None].expand_as(z_hat)
-        z_stream, z_esc = encode_indexed(z_hat.long().numpy(), channel.numpy(), self.coding.z_tables)
-        mean_h, log_scale_h = self.coding.h_s.parameters(z_hat)
-        encoder = IndexedEncoder(self.coding.y_tables)
-        decoded = []
-        for i, y_i in enumerate(y.chunk(self.slices, 1)):
-            mean, log_scale = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
-            y_hat = torch.zeros_like(y_i)
-            for half, where in enumerate(self._halves(y_i.shape)):
-                if half:   # the non-anchors: parameters corrected from the anchors' y_hat
-                    mean, log_scale = self.exact_spatial_parameters(i, mean, log_scale, y_hat)
-                m32, index = mean.float(), self.coding.h_s.scale_index(log_scale)
-                symbols = torch.round(y_i - m32).clamp(-2**20, 2**20)
-                encoder.encode(symbols[where].long().numpy(), index[where].numpy())
-                y_hat = torch.where(where, symbols + m32, y_hat)
-            decoded.append(y_hat)
-        y_stream, y_esc = encoder.finish()
-        return {"z_shape": tuple(z_hat.shape[2:]), "y_shape": tuple(y.shape[2:]),
-                "z_stream": z_stream, "y_stream": y_stream, "escapes": z_esc + y_esc}
-
-    @torch.no_grad()
-    def _decode(self, streams: dict) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        from .entropy import EntropyCodingError, EscapeReader, IndexedDecoder, decode_indexed
-        zh, zw = streams["z_shape"]
-        yh, yw = streams["y_shape"]
-        if (yh, yw) != (4 * zh, 4 * zw):
-            raise EntropyCodingError(f"latent shapes {streams['y_shape']} and {streams['z_shape']} disagree")
-        escapes = EscapeReader(streams["escapes"])
-        channel = np.broadcast_to(np.arange(self.N)[None, :, None, None], (1, self.N, zh, zw))
-        z_hat = torch.from_numpy(decode_indexed(streams["z_stream"], channel, self.coding.z_tables, escapes))
-        mean_h, log_scale_h = self.coding.h_s.parameters(z_hat.double())
-        decoder = IndexedDecoder(streams["y_stream"], self.coding.y_tables, escapes)
-        decoded = []
-        shape = (1, self.M // self.slices, yh, yw)
-        for i in range(self.slices):
-            mean, log_scale = self.exact_slice_parameters(i, mean_h, log_scale_h, decoded)
-            y_hat = torch.zeros(shape)
-            for half, where in enumerate(self._halves(shape)):
-                if half:
-                    mean, log_scale = self.exact_spatial_parameters(i, mean, log_scale, y_hat)
-                m32, index = mean.float(), self.coding.h_s.scale_index(log_scale)
-                symbols = torch.zeros(shape)
-                symbols[where] = torch.from_numpy(decoder.decode(index[where].numpy())).clamp(-2**20, 2**20).float()
-                y_hat = torch.where(where, symbols + m32, y_hat)
-            decoded.append(y_hat)
-        decoder.finish()
-        escapes.finish()
-        return z_hat, decoded, mean_h.float()
-
-    @torch.no_grad()
-    def decode_latents(self, streams: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entropy-decode the streams of :meth:`compress` to ``z_hat`` ``(1, N, h, w)`` and
-        ``y_hat`` ``(1, M, 4h, 4w)`` (gained domain, before latent residual prediction).
-        Everything here is exact integer or table arithmetic, identical on every machine.
-        Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent."""
-        z_hat, decoded, _ = self._decode(streams)
-        return z_hat, torch.cat(decoded, 1)
-
-    @torch.no_grad()
-    def decompress(self, streams: dict, quality: float) -> torch.Tensor:
-        """Inverse of :meth:`compress`: streams -> ``x_hat`` ``(1, 3, 16*h_y, 16*w_y)`` in [0, 1].
-
-        Raises :class:`vaecodec.entropy.EntropyCodingError` if the streams are inconsistent.
-        """
-        _, inv_gain = self.gains(quality)
-        _, decoded, mean_h = self._decode(streams)
-        means = mean_h.chunk(self.slices, 1)
-        y_hat = torch.cat([d + self.residual(i, means[i], decoded[:i + 1]) for i, d in enumerate(decoded)], 1)
-        del decoded, means, mean_h   # a large image's latents: free what synthesis does not need
-        return self.synthesis(y_hat.mul_(inv_gain[:, None, None])).clamp_(0, 1)

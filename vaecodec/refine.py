@@ -69,7 +69,7 @@ def temperature(step: int, steps: int) -> float:
     return TAU_START * (TAU_END / TAU_START) ** (step / max(1, steps - 1))
 
 
-def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
+def refine_latents(coder, x: torch.Tensor, quality: float, steps: int,
                    lr: float | None = None, seed: int = SEED,
                    progress=None, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``y`` ``(1, M, H/16, W/16)`` and ``z`` ``(1, N, H/64, W/64)`` (gained, not yet
@@ -80,9 +80,9 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
     is not two whole numbers from 1 to ``x``'s height and width raises ``ValueError``. ``lr``:
     Adam's learning rate (default :func:`learning_rate` of ``steps``).
 
-    ``model`` is a :class:`vaecodec.model.MeanScaleHyperprior` with its float entropy model
+    ``coder`` is a :class:`vaecodec.coder.Coder` whose float model has its float entropy model
     (hyper-synthesis, factorized prior, context networks) loaded, see
-    :func:`vaecodec.weights.load` with ``refine=True``; raises ``ValueError`` for a model loaded
+    :func:`vaecodec.weights.load` with ``refine=True``; raises ``ValueError`` for one loaded
     without it. ``progress()`` is called after each step. The model's parameters are not changed.
     If the loss or the latents stop being finite (damaged float weights), the analysis
     transform's latents are returned instead.
@@ -92,11 +92,12 @@ def refine_latents(model, x: torch.Tensor, quality: float, steps: int,
                                  and 0 < v <= n for v, n in zip(size, x.shape[2:])):
         raise ValueError(f"size must be (h, w), two whole numbers from 1 to the "
                          f"{tuple(x.shape[2:])} of x, got {size!r}")
-    if steps > 0 and not getattr(model, "float_entropy_model", True):
+    if steps > 0 and not coder.can_refine:
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
-    y, z = model.analyse(x, quality)
+    y, z = coder.analyse(x, quality)
     if steps <= 0:
         return y, z
+    model = coder.model   # the float model that the steps differentiate
     inv_gain = model.gains(quality)[1].detach()[:, None, None]
     y, z = y.clone().requires_grad_(True), z.clone().requires_grad_(True)
     frozen = [p for p in model.parameters() if p.requires_grad]

@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ from safetensors.torch import save_file
 from .entropy import Tables, factorized_tables, gaussian_tables, scale_table
 from .integer import (CONTEXT_FRAC, IntegerHyperSynthesis, IntegerNetwork, quantize_hyper_synthesis,
                       quantize_network)
+from .coder import Coder
 from .model import MeanScaleHyperprior
 
 WEIGHTS_FORMAT = "vaecodec-weights-2"
@@ -76,18 +76,6 @@ FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 class WeightsError(RuntimeError):
     """Weights missing, incomplete or from an incompatible version."""
-
-
-@dataclass
-class CodingModels:
-    """What entropy coding needs besides the float transforms (all exact / integer)."""
-    h_s: IntegerHyperSynthesis
-    context: list[IntegerNetwork]     # channel context of slices 1.. of y
-    z_tables: Tables
-    y_tables: Tables
-    fingerprint: bytes
-    spatial: list[IntegerNetwork] = ()   # checkerboard context of each slice (if any)
-    release: str = ""                    # release ID written into files ("" for an export)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -258,7 +246,7 @@ def repack(src: str | Path, out_dir: str | Path) -> bytes:
     keep = ("N", "M", "slices", "checkerboard", "blocks", "fingerprint", "steps")
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out_dir, list(files.items()), {"format": WEIGHTS_FORMAT, **{k: meta[k] for k in keep if k in meta}})
-    fp = load(out_dir, refine=True).coding.fingerprint
+    fp = load(out_dir, refine=True).fingerprint
     if fp.hex() != meta.get("fingerprint"):
         raise WeightsError(f"repacking {src} changed its fingerprint")
     return fp
@@ -404,14 +392,13 @@ def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
 
 
 def load(weights_dir: str | Path | None = None, encoder: bool = True,
-         refine: bool = False) -> MeanScaleHyperprior:
-    """Load an exported model ready for :meth:`MeanScaleHyperprior.compress`/``decompress``.
+         refine: bool = False) -> Coder:
+    """Load an export as a :class:`vaecodec.coder.Coder`, ready to ``compress``/``decompress``.
 
     ``encoder=False`` skips the analysis file (decoding needs only the synthesis file).
     ``refine=True`` (with ``encoder``) also loads the float entropy model that encoder-side
     refinement differentiates (:mod:`vaecodec.refine`): the float hyper-synthesis and prior
     from the training file, the float context networks from the decoder files.
-    The returned model has ``.coding`` (:class:`CodingModels`) and ``.steps`` set.
     Raises :class:`WeightsError` when files are missing or inconsistent.
     """
     d = resolve(weights_dir) if weights_dir else default_weights_dir()
@@ -457,10 +444,8 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
     def tables(name: str) -> Tables:
         return Tables(*(synthesis[f"tables.{name}.{p}"].numpy() for p in ("freqs", "lengths", "offsets")))
 
-    model.coding = CodingModels(h_s, context, tables("z"), tables("y"), fp, spatial, _release_id(d, fp))
-    model.steps = _steps(meta, d)
-    model.float_entropy_model = encoder and refine   # what vaecodec.refine differentiates
-    return model.eval()
+    return Coder(model.eval(), h_s, context, tables("z"), tables("y"), fp, spatial,
+                 release=_release_id(d, fp), steps=_steps(meta, d), can_refine=encoder and refine)
 
 
 def _release_id(d: Path, fp: bytes) -> str:

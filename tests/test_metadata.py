@@ -101,6 +101,28 @@ def test_cli_keeps_and_strips_metadata(camera_jpeg, tmp_path):
         assert back.getexif()[0x010F] == "Camera Maker" and 0x0112 not in back.getexif()
     bad = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "x.vae"), "--metadata", "gps"])
     assert bad.exit_code == 2 and "metadata must be all, none or a list" in bad.output
+    both = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "x.vae"), "--strip", "--metadata", "exif"])
+    assert both.exit_code == 2 and "give --strip or --metadata, not both" in both.output
+    assert not (tmp_path / "x.vae").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["out.png", "--jpeg-quality", "80"], "--jpeg-quality applies to JPEG output only; this run writes PNG"),
+    (["out.jpg", "--webp-quality", "80"], "--webp-quality applies to WebP output only; this run writes JPEG"),
+    (["-", "--jpeg-quality", "80"], "--jpeg-quality applies to JPEG output only; this run writes PNG"),
+    (["--out-dir", "d", "--format", "tif", "--jpeg-quality", "80"], "this run writes TIFF"),
+])
+def test_decompress_refuses_an_output_quality_for_another_format(tmp_path, args, message, monkeypatch):
+    """An output quality option for a format this run does not write would silently do nothing."""
+    from click.testing import CliRunner
+    from vaecodec.cli import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.vae").write_bytes(vaecodec.compress(photo_crop(32, 32)))
+    result = CliRunner().invoke(main, ["decompress", "in.vae", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.vae"]
+    ok = CliRunner().invoke(main, ["decompress", "in.vae", "ok.jpg", "--jpeg-quality", "80"])
+    assert ok.exit_code == 0 and (tmp_path / "ok.jpg").exists()
 
 
 def test_pillow_open_carries_exif_and_xmp(camera_jpeg, tmp_path):

@@ -69,6 +69,8 @@ def test_bad_targets():
         vaecodec.compress(RGB, size=100, bpp=1)
     with pytest.raises(vaecodec.CodecError, match="quality or size, not both"):
         vaecodec.compress(RGB, 5, size=100)
+    with pytest.raises(vaecodec.CodecError, match="quality or bpp, not both"):
+        vaecodec.compress(RGB, 4.0, bpp=1)   # the default quality, given explicitly
     with pytest.raises(vaecodec.CodecError, match="not a size"):
         vaecodec.compress(RGB, size="lots")
     with pytest.raises(vaecodec.CodecError, match="positive"):

@@ -161,7 +161,7 @@ def compress_to_target(rgb: np.ndarray, meta, target: str, value: float, *, refi
         raise _as_codec_error(exc) from None
 
 
-def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None = None,
+def compress(image, quality: float | None = None, *, refine: int = 0, model: str | None = None,
              size: int | str | None = None, bpp: float | None = None, psnr: float | None = None,
              metadata: str = "all") -> bytes:
     """Compress an image into the bytes of a ``.vae`` file.
@@ -172,7 +172,7 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
             ``(H, W)`` (grey), ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA), values 0..255.
             1x1 to 2**30 pixels, at most 131072 per side.
         quality: 1 (smallest file, ~0.1 bpp on Kodak) to 8 (best, ~1.6 bpp), fractions
-            allowed (stored in thousandths).
+            allowed (stored in thousandths); default 4 (~0.65 bpp).
         refine: steps of encoder-side latent refinement (0 to 1000; Yang et al. 2020): 30 make
             files ~8 % smaller at the same PSNR for ~20x the encoding time.
         model: the model release to code with (e.g. ``"2026.12"``); default the newest.
@@ -202,8 +202,9 @@ def compress(image, quality: float = 4.0, *, refine: int = 0, model: str | None 
     targets = {k: v for k, v in (("size", size), ("bpp", bpp), ("psnr", psnr)) if v is not None}
     if len(targets) > 1:
         raise CodecError(f"give at most one of size, bpp and psnr, got {', '.join(targets)}")
-    if targets and quality != 4.0:
+    if targets and quality is not None:
         raise CodecError(f"give quality or {next(iter(targets))}, not both")
+    quality = 4.0 if quality is None else quality
     rgb, meta = read(image)
     for notice in meta.notices:
         warnings.warn(notice, VaecodecWarning, stacklevel=2)

@@ -812,6 +812,8 @@ def compress(ctx, paths: tuple[str, ...], quality: float, refine: int, size: str
                                      f"that can: {', '.join(releases.encoders()) or 'none'}",
                                      param_hint="--model")
     if strip:
+        if ctx.get_parameter_source("metadata") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("give --strip or --metadata, not both (--strip is --metadata none)")
         metadata = "none"
     from .api import metadata_kinds
     from .errors import CodecError
@@ -843,6 +845,24 @@ def _background_option(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a colour (try white, black, '#808080' or "
                                  "'rgb(255,255,255)')") from None
     return value
+
+
+def _check_output_options(ctx, paths: tuple[str, ...], out_dir: str | None, out_format: str) -> None:
+    """A usage error for ``--jpeg-quality`` or ``--webp-quality`` given on the command line when
+    no output is of that format (the output's extension, or ``--format`` with ``--out-dir``;
+    standard output is PNG): an option that would silently do nothing."""
+    from .imageio import WRITE_FORMATS
+    if out_dir is not None:
+        written = {WRITE_FORMATS[FORMATS[out_format]]}
+    elif len(paths) == 2:
+        written = {"PNG" if _is_stdio(paths[1]) else WRITE_FORMATS.get(Path(paths[1]).suffix.lower())}
+    else:
+        return   # the one-file form's own error follows
+    for option, fmt, name in (("jpeg_quality", "JPEG", "--jpeg-quality"), ("webp_quality", "WEBP", "--webp-quality")):
+        given = ctx.get_parameter_source(option) is click.core.ParameterSource.COMMANDLINE
+        if given and fmt not in written and None not in written:
+            raise click.UsageError(f"{name} applies to {fmt.replace('WEBP', 'WebP')} output only; "
+                                   f"this run writes {', '.join(sorted(written))}")
 
 
 @main.command()
@@ -884,6 +904,7 @@ def decompress(ctx, paths: tuple[str, ...], force: bool, weights: Path | None, o
     vaecodec decompress photo.vae photo.png
     vaecodec decompress vae/ --out-dir restored/ --format jpg --jpeg-quality 90
     """
+    _check_output_options(ctx, paths, out_dir, out_format)
     o = DecompressOptions(force, weights, jpeg_quality, webp_quality, background)
     previous = _start(threads, quiet, verbose)
     try:

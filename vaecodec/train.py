@@ -30,7 +30,7 @@ import torch.distributed as dist
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .entropy import bits, gaussian_likelihood, SCALE_MIN
+from .entropy import bits
 from .hardware import native_bf16
 from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 

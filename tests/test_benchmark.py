@@ -246,6 +246,14 @@ def test_cli(small_dataset, tmp_path):
     assert json.loads((out / "results.json").read_text())[0]["name"] == "JPEG"
 
 
+def test_a_missing_matplotlib_is_refused_before_measuring(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib raises ImportError
+    res = CliRunner().invoke(benchmark.benchmark_command,
+                             ["--dataset", str(small_dataset), "--codecs", "jpeg", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "need matplotlib" in res.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_reuse_keeps_earlier_measurements(small_dataset, tmp_path):
     out = tmp_path / "r"
     first = benchmark.run_benchmark(small_dataset, "jpeg", out, progress=False)

@@ -366,20 +366,3 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
         if progress:
             progress(1)
     return Decoded(rgb, hd, container.sections)
-
-
-def encode(image, quality: float = 4.0, weights_dir: str | None = None, refine: int = 0) -> bytes:
-    """PIL image (RGB or L) -> ``.vae`` bytes at ``quality`` (1-8) after ``refine`` steps of
-    latent refinement (0: none). Convenience for benchmarks."""
-    mode = "L" if image.mode == "L" else "RGB"
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return compress_array(rgb, quality, mode=mode, model=get_model(weights_dir, refine=bool(refine)),
-                          refine=refine)
-
-
-def decode(data: bytes, weights_dir: str | None = None):
-    """``.vae`` bytes -> PIL image in the mode the file records (RGB or L)."""
-    from PIL import Image
-    d = decompress_array(data, model=get_model(weights_dir, encoder=False) if weights_dir else None)
-    image = Image.fromarray(d.rgb, "RGB")
-    return image.convert("L") if d.header.mode == "L" else image

@@ -292,7 +292,7 @@ class VaeCodec(Codec):
 
     def _load(self) -> None:
         try:
-            from .. import codec
+            from .. import api, codec  # noqa: F401 - codec: torch and the model code load here
         except ImportError as exc:
             raise CodecUnavailable(f"vaecodec.codec cannot be imported ({exc})") from exc
         try:
@@ -304,7 +304,7 @@ class VaeCodec(Codec):
         # model when refining) on a tiny image, so missing weights become a skip notice and
         # model loading is not timed as encoding.
         probe = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
-        out = codec.decode(codec.encode(probe, quality=1.0, refine=min(1, self.refine_steps)))
+        out = api.decompress(api.compress(probe, 1.0, refine=min(1, self.refine_steps)))
         if out.size != probe.size:
             raise CodecUnavailable("vaecodec probe decoded to the wrong size")
 
@@ -312,14 +312,16 @@ class VaeCodec(Codec):
         return "vaecodec.codec (this repository)"
 
     def encode(self, image: Image.Image, quality) -> bytes:
+        """What ``vaecodec.compress`` (and the CLI) writes for ``image``."""
         self.load()
-        from .. import codec
-        return codec.encode(image, quality=float(quality), refine=self.refine_steps)
+        from .. import api
+        return api.compress(image, float(quality), refine=self.refine_steps)
 
     def decode(self, data: bytes) -> Image.Image:
+        """What ``vaecodec.decompress`` gives (a grey file by the SPEC's grey rule), as RGB."""
         self.load()
-        from .. import codec
-        return codec.decode(data).convert("RGB")
+        from .. import api
+        return api.decompress(data).convert("RGB")
 
 
 class VaeCodecRefined(VaeCodec):

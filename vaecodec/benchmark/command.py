@@ -72,6 +72,11 @@ def benchmark_command(dataset: Path | None, codecs: list[str], out: Path | None,
         raise click.ClickException(
             f"{out} holds the results of an earlier run ({', '.join(earlier)}); use --force to "
             "overwrite them, --reuse CODECS to keep some, or another --out")
+    try:   # the plots need it: refuse now, not after an hour of measuring
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException("the benchmark's plots need matplotlib: pip install "
+                                   "'vaecodec[bench]' (or pip install matplotlib)") from None
     result = run_benchmark(dataset, codecs, out, jobs=jobs, limit=limit, threads=threads,
                            progress=not quiet, reuse=reuse)
     click.echo(f"{len(result['images'])} images, codecs: "

@@ -116,6 +116,16 @@ def test_weight_average_is_checkpointed_resumed_and_exported(tmp_path, image_dir
         assert torch.equal(p.detach(), tensors[f"model.{n}"]), n
 
 
+def test_resume_keeps_the_long_schedule(tmp_path, image_dir):
+    from vaecodec.train import checkpoint_config
+    train(tiny(tmp_path / "run", image_dir, schedule=(0, 100)))
+    ckpt = train(tiny(tmp_path / "run", image_dir, resume=True))
+    assert checkpoint_config(ckpt)["schedule"] == [0, 100]
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    cfg = TrainConfig(data=".", schedule=(0, 100), warmup=200, lr=5e-4)
+    assert log[-1]["lr"] == pytest.approx(learning_rate(cfg, 2, 0.0, global_step=5))
+
+
 def test_images_too_small_to_use_are_reported(tmp_path, image_dir, capsys):
     """The validation split takes img0 (160x200), too small for its 256 px centre crops: the
     trainer says so instead of silently validating on nothing."""
@@ -197,6 +207,18 @@ def test_learning_rate_warms_up_and_decays():
     assert learning_rate(cfg, 500, 0.9) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))   # half-way through the decay
 
 
+def test_a_long_schedule_follows_the_global_step_across_runs():
+    """With ``schedule`` the decay depends on the checkpoint's step, not on this run's budget:
+    a run resumed half-way continues the same cosine (after warming up its fresh Adam)."""
+    cfg = TrainConfig(data=".", lr=1e-3, warmup=100, schedule=(1000, 3000))
+    assert learning_rate(cfg, 500, 0.99, global_step=1000) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 500, 0.0, global_step=2000) == pytest.approx(1e-3 * 0.51)   # half-way
+    assert learning_rate(cfg, 500, 0.5, global_step=3000) == pytest.approx(2e-5)
+    assert learning_rate(cfg, 500, 0.5, global_step=9000) == pytest.approx(2e-5)
+    assert learning_rate(cfg, 500, 0.5, global_step=500) == pytest.approx(1e-3)   # before START
+    assert learning_rate(cfg, 49, 0.0, global_step=2000) == pytest.approx(1e-3 * 0.51 * 0.5)   # warm-up
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("lr", 0.0, "lr must be a finite number > 0"),
     ("lr", float("nan"), "lr must be a finite number > 0"),
@@ -221,6 +243,9 @@ def test_learning_rate_warms_up_and_decays():
     ("data", "", "data must be a non-empty path"),
     ("out", None, "out must be a non-empty path"),
     ("init", 5, "init must be a path"),
+    ("average", 1.0, r"average must be in \[0, 1\)"),
+    ("schedule", (3000, 1000), "schedule must be two steps START < END"),
+    ("schedule", (1000,), "schedule must be two steps START < END"),
 ])
 def test_train_config_refuses_unusable_values(field, value, message):
     with pytest.raises(ValueError, match=f"{message}"):

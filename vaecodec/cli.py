@@ -950,6 +950,16 @@ def info(file: Path):
                                              for s in c.sections) or "none"))
 
 
+def _schedule_option(ctx, param, value):
+    if value is None:
+        return None
+    start, sep, end = value.partition(":")
+    if not (sep and start.isdigit() and end.isdigit() and int(start) < int(end)):
+        raise click.BadParameter(f"{value!r} is not START:END, two step counts with START < END "
+                                 "(e.g. 216854:400000)")
+    return (int(start), int(end))
+
+
 def _lambdas_option(ctx, param, value):
     if value is None:
         return None
@@ -980,6 +990,11 @@ def _lambdas_option(ctx, param, value):
 @click.option("--lr", type=_POSITIVE, default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--decay-fraction", type=_FiniteFloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of the budget, at the end, over which the learning rate decays (cosine, to 2%).")
+@click.option("--schedule", callback=_schedule_option, default=None, metavar="START:END",
+              help="One long decay across resumed runs instead of one per run: the learning "
+                   "rate falls by a cosine from --lr at global step START to 2% at END "
+                   "(e.g. 216854:400000); --decay-fraction is then unused. --resume keeps the "
+                   "checkpoint's schedule.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
               show_default=True,
               help="auto: bf16 autocast where the device computes bf16 natively (~1.8x faster "

@@ -79,6 +79,7 @@ class TrainConfig:
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
     channels_last: bool = True       # NHWC tensors: 1.7-1.8x faster bf16 steps (train-speed.md)
     average: float = 0.999           # decay of the weight average exported (0: none); see WeightAverage
+    schedule: tuple[int, ...] = ()   # (start, end) global steps of one long decay; see learning_rate
     sampling: str = "area"           # crops' images: "area" (per pixel) or "image"; sampling_weights
 
     def __post_init__(self):
@@ -114,6 +115,13 @@ class TrainConfig:
                              f"got {self.crop!r}")
         if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
+        if not (number(self.average) and 0 <= self.average < 1):
+            raise ValueError(f"TrainConfig.average must be in [0, 1), got {self.average!r}")
+        schedule = tuple(self.schedule)
+        if schedule and not (len(schedule) == 2 and all(integer(v) and v >= 0 for v in schedule)
+                             and schedule[0] < schedule[1]):
+            raise ValueError(f"TrainConfig.schedule must be two steps START < END, got {self.schedule!r}")
+        self.schedule = schedule
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"TrainConfig.sampling must be {_one_of(SAMPLINGS)}, got {self.sampling!r}")
         if self.precision not in PRECISIONS:
@@ -410,10 +418,19 @@ def trim_log(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float) -> float:
+def learning_rate(cfg: TrainConfig, step: int, elapsed_fraction: float, global_step: int = 0) -> float:
     """``step`` counts from the start of this run. Linear warm-up over ``warmup`` steps, constant, cosine decay to 2% over the final
-    ``decay_fraction`` of the time (or step) budget."""
+    ``decay_fraction`` of the time (or step) budget.
+
+    With ``cfg.schedule`` ``(start, end)``, the decay follows the *global* step count instead
+    (``global_step``, carried by checkpoints): cosine from ``lr`` at ``start`` to 2% at ``end``
+    and 2% after, the same curve however the steps are split into resumed runs (each run still
+    warms up its fresh Adam moments over ``warmup`` steps)."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.schedule:
+        start, end = cfg.schedule
+        t = min(1.0, max(0.0, (global_step - start) / (end - start)))
+        return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
     start = 1.0 - cfg.decay_fraction
     if elapsed_fraction > start:
         t = min(1.0, (elapsed_fraction - start) / max(1e-9, cfg.decay_fraction))
@@ -516,8 +533,12 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     if cfg.resume and ckpt.exists():
         check_architecture(ckpt, saved_architecture(checkpoint_config(ckpt)), cfg, init=False)
         step = load_checkpoint(ckpt, model, optimizer)
+        if not cfg.schedule and checkpoint_config(ckpt).get("schedule"):   # a long schedule goes on
+            cfg.schedule = tuple(checkpoint_config(ckpt)["schedule"])
         if rank == 0:
-            print(f"resumed from {ckpt} at step {step}", flush=True)
+            print(f"resumed from {ckpt} at step {step}"
+                  + (f"; learning-rate schedule {cfg.schedule[0]}:{cfg.schedule[1]}" if cfg.schedule else ""),
+                  flush=True)
     elif cfg.init:
         if Path(cfg.init).is_dir():   # an exported weights folder
             from .weights import load_float_model
@@ -576,7 +597,7 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         if stop:
             break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step - first_step, frac)
+            group["lr"] = learning_rate(cfg, step - first_step, frac, step)
         x = random_batch(images, cfg.batch, cfg.crop, rng, cum_weights).to(device)
         x = x.contiguous(memory_format=memory_format)
         level = torch.randint(0, model.num_qualities, (cfg.batch,), device=device)

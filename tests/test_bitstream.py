@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from vaecodec import bitstream as bs
 from vaecodec.bitstream import (
-    MAGIC, MAX_PIXELS, MAX_SIDE, MIN_FILE_SIZE, VERSION, BitstreamError, Container, Header,
+    MAGIC, MAX_PIXELS, MAX_SIDE, MIN_FILE_SIZE, VERSION, BitstreamError, Container, Header, Layout,
     Section, TileStreams, pack, peek_header, unpack,
 )
 
@@ -65,6 +65,16 @@ def refused(data, match: str | None = None, **kw) -> str:
 
 
 SMALL = Container(header=header(), tiles=(tile(),))
+# a 20000x1 line folded into 105 strips of 192 px (format version 3)
+LAYOUT = Section(5, struct.pack(">BI", 0, 192))
+FOLDED = Container(header=header(height=1, width=20000), tiles=(tile(y=(8, 12), z=(2, 3)),),
+                   sections=(LAYOUT,))
+
+
+def version_of(c: Container) -> int:
+    """The format version pack writes: 3 with a layout section, else 2."""
+    return 3 if any(s.kind == 5 for s in c.sections) else 2
+
 
 EXAMPLES = [
     Container(header=header(), tiles=()),
@@ -83,6 +93,9 @@ EXAMPLES = [
     Container(header=header(height=MAX_SIDE, width=MAX_PIXELS // MAX_SIDE, tile_size=65472,
                             tile_overlap=65471, latent_channels=1, hyper_channels=65535),
               tiles=()),
+    FOLDED,
+    Container(header=header(mode="LA", height=3000, width=7), tiles=(),
+              sections=(Section(3, b"exif"), Section(2, b"a"), Section(5, struct.pack(">BI", 1, 192)))),
 ]
 
 
@@ -94,7 +107,7 @@ EXAMPLES = [
 def test_round_trip(c):
     data = pack(c)
     assert isinstance(data, bytes)
-    assert data[:4] == MAGIC and data[4] == VERSION and data[5] == 0
+    assert data[:4] == MAGIC and data[4] == version_of(c) and data[5] == 0
     back = unpack(data)
     assert back == c
     assert unpack(data, expected_fingerprint=c.header.fingerprint) == c
@@ -163,6 +176,64 @@ def test_layout_with_section_and_tile():
                     + struct.pack(">HHHHIII", 3, 4, 1, 2, 1, 2, 3) + b"Z" + b"YY" + b"EEE")
 
 
+def test_layout_section_makes_a_version_3_file():
+    """A layout section (kind 5: u8 axis, u32 strip length) is the only thing that makes a file
+    version 3; the same container without it is the version 2 file of today, byte for byte."""
+    data = pack(FOLDED)
+    assert data[OFF_VERSION] == 3
+    assert data[END:END + 10] == b"\x05" + struct.pack(">I", 5) + b"\x00" + struct.pack(">I", 192)
+    back = unpack(data)
+    assert back == FOLDED and bs.layout_of(back.sections) == Layout(axis=0, strip_length=192)
+    assert peek_header(data) == FOLDED.header
+    assert bs.read_file(io.BytesIO(data + b"next")) == data
+    plain = replace(FOLDED, sections=())
+    assert pack(plain)[OFF_VERSION] == 2 and bs.layout_of(plain.sections) is None
+    body = pack(plain)[:-4]   # version 3, one section, the section: nothing else differs
+    assert data == with_crc(body[:OFF_VERSION] + b"\x03" + body[OFF_VERSION + 1:OFF_NSEC] + b"\x01"
+                            + body[OFF_NSEC + 1:END] + data[END:END + 10] + body[END:])
+    assert Layout(1, 64).section() == Section(5, b"\x01\x00\x00\x00\x40")
+    assert Layout(1, 64).coded_size(3000, 7) == (64, 47 * 7) and Layout(0, 192).strips(1, 20000) == 105
+
+
+@pytest.mark.parametrize("payload,what", [
+    (b"", "layout section of 0 bytes, expected 5"),
+    (b"\x00\x00\x00\x00\xc0\x00", "layout section of 6 bytes, expected 5"),
+    (struct.pack(">BI", 2, 192), "layout axis must be 0 or 1, got 2"),
+    (struct.pack(">BI", 0, 0), "layout strip length 0 is out of range 1..131072"),
+    (struct.pack(">BI", 1, MAX_SIDE + 1), "layout strip length 131073 is out of range 1..131072"),
+])
+def test_damaged_layout_refused(payload, what):
+    with pytest.raises(BitstreamError, match="cannot write .vae file: " + what):
+        pack(replace(FOLDED, sections=(Section(5, payload),)))
+    # as another writer would have written it: the section's payload replaced, CRC recomputed
+    good = pack(FOLDED)[:-4]
+    body = good[:END + 1] + struct.pack(">I", len(payload)) + payload + good[END + 10:]
+    assert refused(with_crc(bytes(body))) == f"file is invalid or corrupted: {what}"
+    with pytest.raises(BitstreamError, match=what):
+        bs.layout_of((Section(5, payload),))
+
+
+def test_layout_belongs_to_version_3_only():
+    # a version 3 file without a layout section is refused (it would be written as version 2)
+    assert refused(patch(pack(SMALL), OFF_VERSION, ">B", 3)) == (
+        "file is invalid or corrupted: format version 3 without a layout section (a file "
+        "without one is version 2)")
+    # a layout section in a version 2 (or 1) file is unknown there, as in vaecodec 0.2.0
+    assert refused(patch(pack(FOLDED), OFF_VERSION, ">B", 2)) == \
+        "file is invalid or corrupted: unknown section kind 5"
+    # a stream reader stops at that section's header (unpack then refuses what it read)
+    assert bs.read_file(io.BytesIO(patch(pack(FOLDED), OFF_VERSION, ">B", 2) + b"x")) == \
+        patch(pack(FOLDED), OFF_VERSION, ">B", 2)[:END + 5]
+
+
+def test_a_reader_of_version_2_refuses_version_3_as_newer(monkeypatch):
+    """vaecodec 0.2.0 (VERSION 2) tells its user to upgrade, before looking at the CRC."""
+    monkeypatch.setattr(bs, "VERSION", 2)
+    assert refused(pack(FOLDED)) == ("made by a newer vaecodec (format version 3, this one reads "
+                                     "up to 2); upgrade vaecodec")
+    assert unpack(pack(SMALL)) == SMALL
+
+
 def test_accepts_bytearray_and_memoryview():
     data = pack(SMALL)
     assert unpack(bytearray(data)) == SMALL
@@ -189,12 +260,16 @@ def headers(draw):
                   hyper_channels=draw(st.integers(1, 65535)))
 
 
+layouts = st.builds(lambda axis, length: Section(5, struct.pack(">BI", axis, length)),
+                    st.integers(0, 1), st.integers(1, MAX_SIDE))
+
+
 @st.composite
 def containers(draw, max_tiles=4):
     h = draw(headers())
-    kinds = [1, 3] + ([2] if h.mode in ("RGBA", "LA") else [])
+    kinds = [1, 3, 4, 5] + ([2] if h.mode in ("RGBA", "LA") else [])
     chosen = draw(st.lists(st.sampled_from(kinds), unique=True, max_size=len(kinds)))
-    sections = tuple(Section(k, draw(byte_strings)) for k in chosen)
+    sections = tuple(draw(layouts) if k == 5 else Section(k, draw(byte_strings)) for k in chosen)
     tiles = tuple(draw(st.lists(tiles_st, max_size=max_tiles)))
     return Container(header=h, tiles=tiles, sections=sections)
 
@@ -279,7 +354,7 @@ def test_read_file_stays_bounded_on_endless_streams():
     with pytest.raises(BitstreamError, match="not a vaecodec file"):
         bs.read_file(Endless(b"", fill=b"\x00"))
     with pytest.raises(BitstreamError, match="newer vaecodec"):
-        bs.read_file(Endless(MAGIC + b"\x03"))
+        bs.read_file(Endless(MAGIC + b"\x04"))
 
 
 def test_read_file_refuses_lengths_beyond_what_the_image_can_hold():
@@ -306,6 +381,8 @@ def flipped(data: bytes, bit: int) -> bytes:
 
 @pytest.mark.parametrize("c", EXAMPLES[:3] + EXAMPLES[4:])
 def test_every_single_bit_flip_refused(c):
+    """Any flipped bit is refused: by the magic, by the version when it becomes one this
+    reader does not know, and by the checksum otherwise."""
     data = pack(c)
     assert len(data) < 200  # keep the exhaustive loop small
     for bit in range(len(data) * 8):
@@ -316,7 +393,7 @@ def test_every_single_bit_flip_refused(c):
         i = bit // 8
         if i < 4:
             assert msg == "not a vaecodec file (bad magic bytes)"
-        elif i == OFF_VERSION:
+        elif i == OFF_VERSION and not 1 <= bad[i] <= VERSION:
             assert "version" in msg
         else:
             assert msg == "file is corrupted or truncated (checksum mismatch)"
@@ -370,7 +447,7 @@ def test_refusal_order_and_messages():
     refused(b"XAEC" + data[4:], "not a vaecodec file (bad magic bytes)")
     # newer version wins over a bad CRC
     newer = bytearray(data)
-    newer[OFF_VERSION] = 3
+    newer[OFF_VERSION] = 4
     newer[-1] ^= 0xFF
     refused(bytes(newer), "made by a newer vaecodec")
     corrupted = bytearray(data)
@@ -378,11 +455,11 @@ def test_refusal_order_and_messages():
     assert refused(bytes(corrupted)) == "file is corrupted or truncated (checksum mismatch)"
 
 
-@pytest.mark.parametrize("version", [3, 7, 255])
+@pytest.mark.parametrize("version", [4, 7, 255])
 def test_newer_version_refused(version):
     bad = patch(pack(SMALL), OFF_VERSION, ">B", version)
     msg = refused(bad)
-    assert msg == (f"made by a newer vaecodec (format version {version}, this one reads up to 2);"
+    assert msg == (f"made by a newer vaecodec (format version {version}, this one reads up to 3);"
                    " upgrade vaecodec")
     with pytest.raises(BitstreamError, match="newer"):
         peek_header(bad)

@@ -138,6 +138,27 @@ def test_decompress_to_jpeg_prints_the_lossy_notice(small_vae, tmp_path):
         assert im.format == "JPEG" and im.size == (64, 48)
 
 
+def test_thin_image_is_folded_and_info_shows_the_layout(tmp_path):
+    """A 2000x3 strip: compressed folded (format 3), ``info`` says how in one line, and it
+    decompresses to its own size."""
+    src, vae, out = tmp_path / "strip.png", tmp_path / "strip.vae", tmp_path / "back.png"
+    Image.fromarray(photo_crop(3, 2000, seed=1)).save(src)
+    result = cli("compress", src, vae)
+    assert result.exit_code == 0, result.output
+    assert "2000x3 RGB" in result.stdout
+    info = cli("info", vae)
+    assert info.exit_code == 0, info.output
+    assert re.search(r"^image:\s+2000x3 RGB$", info.stdout, re.M)
+    assert re.search(r"^layout:\s+folded into 16 strips of 128 px, coded as 128x48$", info.stdout, re.M)
+    assert re.search(r"^format:\s+version 3$", info.stdout, re.M)
+    assert re.search(r"^sections:\s+layout \(5 bytes\)$", info.stdout, re.M)
+    assert info.stdout.count("layout:") == 1 and len(info.stdout.splitlines()) == 11
+    result = cli("decompress", vae, out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        assert (im.size, im.mode) == ((2000, 3), "RGB")
+
+
 # --------------------------------------------------------------------------------------------
 # damaged files
 

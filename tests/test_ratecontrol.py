@@ -64,6 +64,19 @@ def test_refined_size_target():
     assert len(data) <= 700 and data == coded(q, refine=3)
 
 
+def test_thin_images_fold_with_the_analysis_cache_and_refinement(model):
+    """A 600x2 strip is folded (format 3) when rate control codes it again from its analysis
+    cache (the same file as without the cache) and when refined."""
+    thin = photo_crop(2, 600, seed=3)
+    cache: dict = {}
+    for q in (2.5, 6.0):
+        data = codec.compress_array(thin, q, model=model, analysis=cache)
+        assert data[4] == 3 and data == codec.compress_array(thin, q, model=model)
+    assert list(cache) == [(0, 0)]   # one tile, of the folded image
+    refined = vaecodec.compress(thin, 4, refine=2)
+    assert refined[4] == 3 and vaecodec.decompress(refined).size == (600, 2)
+
+
 def test_bad_targets():
     with pytest.raises(vaecodec.CodecError, match="at most one of size, bpp and psnr"):
         vaecodec.compress(RGB, size=100, bpp=1)

@@ -293,8 +293,8 @@ class FileInfo:
             a training export; its fingerprint names its weights).
         fingerprint: the weights' fingerprint, 16 hex digits.
         format: the container format version.
-        sections: the kinds of side data held (``"ICC profile"``, ``"alpha"``, ``"EXIF"``,
-            ``"XMP"``).
+        sections: the kinds of sections held (``"ICC profile"``, ``"alpha"``, ``"EXIF"``,
+            ``"XMP"``, and ``"layout"`` for a thin image folded before coding, format 3).
     """
 
     width: int
@@ -311,7 +311,8 @@ class FileInfo:
 
 
 SECTION_NAMES = {bitstream.SECTION_ICC: "ICC profile", bitstream.SECTION_ALPHA: "alpha",
-                 bitstream.SECTION_EXIF: "EXIF", bitstream.SECTION_XMP: "XMP"}
+                 bitstream.SECTION_EXIF: "EXIF", bitstream.SECTION_XMP: "XMP",
+                 bitstream.SECTION_LAYOUT: "layout"}
 
 
 def info(data) -> FileInfo:

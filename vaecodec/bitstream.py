@@ -1,18 +1,21 @@
-"""The ``.vae`` file container, format version 2 (version 1 files are read too).
+"""The ``.vae`` file container, format versions 2 and 3 (version 1 files are read too).
 
 A ``.vae`` file holds one image compressed by vaecodec: a header (image size and mode, quality,
 tiling, latent geometry, the ID of the model release that made it and the fingerprint of its
 weights), optional
-side-data sections (ICC profile, alpha plane, EXIF), the entropy-coded latent streams of every
-tile, and a CRC-32 over all of it. The byte layout is specified in ``bitstream/SPEC.md``.
+side-data sections (ICC profile, alpha plane, EXIF, XMP, and the layout of a folded thin image),
+the entropy-coded latent streams of every tile, and a CRC-32 over all of it. The byte layout is
+specified in ``bitstream/SPEC.md``. :func:`pack` writes the lowest version that holds a file:
+3 when it has a layout section (:class:`Layout`), else 2.
 
 This module only frames bytes; it knows nothing about how the streams were entropy coded. It uses
 the standard library only (no torch, no numpy), so ``vaecodec info`` and validation stay cheap.
 
 Public API: :func:`pack`, :func:`unpack`, :func:`peek_header`, :func:`read_file`, the
-dataclasses :class:`Header`, :class:`TileStreams`, :class:`Section`, :class:`Container`, and :class:`BitstreamError`, raised
-for every file (or, in :func:`pack`, every input) that is refused, with a one-line message meant
-to be shown to the user as is.
+dataclasses :class:`Header`, :class:`TileStreams`, :class:`Section`, :class:`Container`,
+:class:`Layout` (with :func:`layout_of`), and :class:`BitstreamError`, raised for every file
+(or, in :func:`pack`, every input) that is refused, with a one-line message meant to be shown
+to the user as is.
 """
 from __future__ import annotations
 
@@ -24,14 +27,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAGIC", "VERSION", "RELEASE_ID_MAX", "MAX_PIXELS", "MAX_SIDE", "MAX_TILES", "MODES", "MIN_FILE_SIZE",
-    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_XMP", "SECTION_KINDS", "ALPHA_MODES",
-    "BitstreamError", "Section", "TileStreams", "Header", "Container",
+    "SECTION_ICC", "SECTION_ALPHA", "SECTION_EXIF", "SECTION_XMP", "SECTION_LAYOUT", "SECTION_KINDS",
+    "ALPHA_MODES", "BitstreamError", "Section", "TileStreams", "Header", "Container", "Layout",
+    "layout_of",
     "pack", "unpack", "peek_header", "read_file", "stream_limit", "tile_starts", "size_problem",
     "check_magic", "release_id_problem",
 ]
 
 MAGIC = b"VAEC"
-VERSION = 2               # written; every version from 1 up to this one is read
+VERSION = 3               # every version from 1 up to this one is read; pack writes 2 or 3
+LAYOUT_VERSION = 3        # the first version with a layout section (files without one are 2)
 RELEASE_ID_MAX = 32       # bytes of a release ID (SPEC.md, "Release")
 _RELEASE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
 
@@ -47,7 +52,8 @@ SECTION_ICC = 1       # ICC colour profile of the original image (raw profile by
 SECTION_ALPHA = 2     # alpha plane, compressed by the codec (opaque bytes); RGBA / LA files only
 SECTION_EXIF = 3      # EXIF metadata: the TIFF-structured block, without the "Exif\0\0" prefix
 SECTION_XMP = 4       # XMP metadata: the XMP packet (UTF-8 XML)
-SECTION_KINDS = frozenset({SECTION_ICC, SECTION_ALPHA, SECTION_EXIF, SECTION_XMP})
+SECTION_LAYOUT = 5    # how a thin image was folded before coding (:class:`Layout`); version 3 only
+SECTION_KINDS = frozenset({SECTION_ICC, SECTION_ALPHA, SECTION_EXIF, SECTION_XMP, SECTION_LAYOUT})
 
 _U16, _U32 = 0xFFFF, 0xFFFFFFFF
 
@@ -58,7 +64,8 @@ _SECTION = struct.Struct(">BI")          # kind, length
 _COUNT = struct.Struct(">I")             # tile count
 _TILE = struct.Struct(">HHHHIII")        # y h, y w, z h, z w, len(z), len(y), len(escapes)
 _CRC = struct.Struct(">I")
-_RELEASE_LEN = struct.Struct(">B")       # version 2: release ID length, then the ID (ASCII)
+_RELEASE_LEN = struct.Struct(">B")       # from version 2: release ID length, then the ID (ASCII)
+_LAYOUT = struct.Struct(">BI")           # layout section payload: axis, strip length
 
 #: Size in bytes of the smallest possible file (format version 1, no sections, no tiles): 42.
 #: A version 2 file is at least one byte longer (its release ID length).
@@ -82,8 +89,10 @@ class Section:
             image; 2 (:data:`SECTION_ALPHA`): the alpha plane, compressed by the codec (opaque
             here), allowed only when the image mode is ``"RGBA"`` or ``"LA"``; 3
             (:data:`SECTION_EXIF`): EXIF metadata (without the orientation tag, which the
-            encoder applied); 4 (:data:`SECTION_XMP`): the XMP packet. Other kinds are refused,
-            and each kind appears at most once per file.
+            encoder applied); 4 (:data:`SECTION_XMP`): the XMP packet; 5
+            (:data:`SECTION_LAYOUT`): how a thin image was folded before coding
+            (:meth:`Layout.section`; it makes the file format version 3). Other kinds are
+            refused, and each kind appears at most once per file.
         data: the payload, 0 to 2**32 - 1 bytes.
     """
 
@@ -148,6 +157,83 @@ class Header:
     latent_channels: int
     hyper_channels: int
     release: str = ""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a thin image was folded into a near-square one before coding (SPEC.md, "Thin
+    images"): cut along its long side into strips of ``strip_length`` pixels, stacked along its
+    short side. The payload of a section of kind :data:`SECTION_LAYOUT`.
+
+    Attributes:
+        axis: 0: the image is wider than tall; it is cut into strips of ``strip_length``
+            columns, stacked top to bottom (the coded image is ``strip_length`` wide). 1: taller
+            than wide; strips of ``strip_length`` rows, stacked left to right.
+        strip_length: the strips' length in pixels, 1..:data:`MAX_SIDE` (vaecodec writes a
+            multiple of 64; the codec checks it is the one the image's size gives).
+    """
+
+    axis: int
+    strip_length: int
+
+    def strips(self, height: int, width: int) -> int:
+        """How many strips an ``height x width`` image is cut into: ``ceil(width /
+        strip_length)`` for axis 0, ``ceil(height / strip_length)`` for axis 1."""
+        return -(-(width if self.axis == 0 else height) // self.strip_length)
+
+    def coded_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` in pixels of the folded image the latents of an ``height x
+        width`` image code: ``k * height`` by ``strip_length`` for axis 0, ``strip_length`` by
+        ``k * width`` for axis 1 (``k`` = :meth:`strips`)."""
+        k = self.strips(height, width)
+        return (k * height, self.strip_length) if self.axis == 0 else (self.strip_length, k * width)
+
+    def section(self) -> Section:
+        """This layout as a :class:`Section` (5 bytes: ``u8`` axis, ``u32`` strip length).
+        Raises :class:`BitstreamError` for a field out of range."""
+        problem = _layout_fields_problem(self.axis, self.strip_length)
+        if problem:
+            raise BitstreamError(f"cannot write .vae file: {problem}")
+        return Section(SECTION_LAYOUT, _LAYOUT.pack(self.axis, self.strip_length))
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Layout":
+        """The layout a section of kind :data:`SECTION_LAYOUT` holds. Raises
+        :class:`BitstreamError` (one line) for a payload that is not exactly 5 bytes or a field
+        out of range."""
+        problem = _layout_problem(data)
+        if problem:
+            raise _invalid(problem)
+        return cls(*_LAYOUT.unpack(data))
+
+
+def _layout_fields_problem(axis, strip_length) -> str | None:
+    if not _is_int(axis) or axis not in (0, 1):
+        return f"layout axis must be 0 or 1, got {axis!r}"
+    return _int_in("layout strip length", strip_length, 1, MAX_SIDE)
+
+
+def _layout_problem(data) -> str | None:
+    """Why ``data`` is not a layout payload (SPEC.md, section kind 5), or None."""
+    if len(data) != _LAYOUT.size:
+        return f"layout section of {len(data)} bytes, expected {_LAYOUT.size}"
+    return _layout_fields_problem(*_LAYOUT.unpack(data))
+
+
+def layout_of(sections) -> Layout | None:
+    """The :class:`Layout` among ``sections`` (those of a :class:`Container`), or None when the
+    image was coded as it is. Raises :class:`BitstreamError` for a malformed payload
+    (:func:`unpack` has refused such a file already)."""
+    for s in sections:
+        if s.kind == SECTION_LAYOUT:
+            return Layout.parse(s.data)
+    return None
+
+
+def _version(sections) -> int:
+    """The format version :func:`pack` writes for a file with ``sections``: the lowest that
+    holds them."""
+    return LAYOUT_VERSION if any(getattr(s, "kind", None) == SECTION_LAYOUT for s in sections) else 2
 
 
 @dataclass(frozen=True)
@@ -254,14 +340,19 @@ def _header_problem(h: Header) -> str | None:
             or release_id_problem(h.release))
 
 
-def _sections_problem(sections, mode: str) -> str | None:
+def _section_kinds(version: int) -> frozenset:
+    """The section kinds a file of format ``version`` may hold."""
+    return SECTION_KINDS if version >= LAYOUT_VERSION else SECTION_KINDS - {SECTION_LAYOUT}
+
+
+def _sections_problem(sections, mode: str, version: int = VERSION) -> str | None:
     if len(sections) > 255:
         return f"{len(sections)} sections, at most 255 are allowed"
     seen = set()
     for s in sections:
         if not isinstance(s, Section):
             return f"section {s!r} is not a Section"
-        if not _is_int(s.kind) or s.kind not in SECTION_KINDS:
+        if not _is_int(s.kind) or s.kind not in _section_kinds(version):
             return f"unknown section kind {s.kind!r}"
         if s.kind in seen:
             return f"section kind {s.kind} appears more than once"
@@ -272,6 +363,13 @@ def _sections_problem(sections, mode: str) -> str | None:
             return f"section {s.kind} data must be bytes"
         if len(s.data) > _U32:
             return f"section {s.kind} is larger than 4 GiB"
+        if s.kind == SECTION_LAYOUT:
+            problem = _layout_problem(s.data)
+            if problem:
+                return problem
+    if version >= LAYOUT_VERSION and SECTION_LAYOUT not in seen:
+        return (f"format version {version} without a layout section (a file without one is "
+                f"version 2)")
     return None
 
 
@@ -303,7 +401,8 @@ def _tile_problem(i: int, t) -> str | None:
 
 
 def pack(c: Container) -> bytes:
-    """Serialise ``c`` into the bytes of a ``.vae`` file (format :data:`VERSION`).
+    """Serialise ``c`` into the bytes of a ``.vae`` file, in the lowest format version that
+    holds it: 3 when it has a layout section (:data:`SECTION_LAYOUT`), else 2.
 
     Every field is validated first, by the same rules :func:`unpack` applies, so
     ``unpack(pack(c)) == c`` for every container ``pack`` accepts (byte strings come back as
@@ -320,7 +419,8 @@ def pack(c: Container) -> bytes:
         refuse("expected a Container with a Header")
     h = c.header
     tiles, sections = tuple(c.tiles), tuple(c.sections)
-    problem = _header_problem(h) or _sections_problem(sections, h.mode)
+    version = _version(sections)
+    problem = _header_problem(h) or _sections_problem(sections, h.mode, version)
     if problem:
         refuse(problem)
     if len(tiles) > MAX_TILES:
@@ -332,7 +432,7 @@ def pack(c: Container) -> bytes:
 
     release = h.release.encode("ascii")
     out = bytearray(_HEADER.pack(
-        MAGIC, VERSION, 0, bytes(h.fingerprint), h.quality_milli, h.height, h.width,
+        MAGIC, version, 0, bytes(h.fingerprint), h.quality_milli, h.height, h.width,
         MODES.index(h.mode), h.tile_size, h.tile_overlap, h.latent_channels, h.hyper_channels,
         len(sections)))
     out += bytes([len(release)]) + release
@@ -415,7 +515,7 @@ def _appended(view: memoryview) -> str:
 
 
 def _parse_header(view: memoryview, end: int | None = None) -> tuple[Header, int, int]:
-    """Parse and validate the header (the fixed part, then in version 2 the release ID).
+    """Parse and validate the header (the fixed part, then from version 2 the release ID).
     Returns (header, section count, offset after it). ``view`` holds at least the fixed part;
     a release ID reaching past ``end`` (default: the end of ``view``) is refused as
     truncated."""
@@ -473,7 +573,9 @@ def stream_limit(h: Header) -> int:
     """The most bytes a streaming reader accepts for a file with header ``h``: the tile grid's
     latents at :data:`STREAM_BYTES_PER_LATENT` bytes each (an entropy-coded latent costs at
     most 2 bytes plus a 4-byte escape varint), :data:`STREAM_SLACK` per tile, and sections of
-    up to 2 bytes per pixel plus :data:`SECTION_SLACK`. No file vaecodec writes comes near it."""
+    up to 2 bytes per pixel plus :data:`SECTION_SLACK`. No file vaecodec writes comes near it;
+    a folded thin image (:class:`Layout`) stays under it too, as folding is used only where it
+    at least halves the padded area coded (SPEC.md, "Thin images")."""
     rows = _padded_sides(h.height, h.tile_size, h.tile_overlap)
     cols = _padded_sides(h.width, h.tile_size, h.tile_overlap)
     area = sum(rows) * sum(cols)   # sum over the grid of padded tile areas (it is separable)
@@ -538,7 +640,7 @@ def read_file(f) -> bytes:
         if not take(_SECTION.size):
             return bytes(out)
         kind, length = _SECTION.unpack(out[-_SECTION.size:])
-        if kind not in SECTION_KINDS or not take(length):
+        if kind not in _section_kinds(out[4]) or not take(length):
             return bytes(out)
     if not take(_COUNT.size):
         return bytes(out)
@@ -605,7 +707,7 @@ def unpack(data: bytes, expected_fingerprint: bytes | None = None) -> Container:
     for i in range(n_sections):
         kind, length = r.read(_SECTION, f"section {i} header")
         sections.append(Section(kind=kind, data=bytes(r.take(length, f"section {i} data"))))
-    problem = _sections_problem(sections, header.mode)
+    problem = _sections_problem(sections, header.mode, view[4])
     if problem:
         raise _invalid(problem)
 

@@ -535,6 +535,7 @@ def decompress_one(input: Path, output: Path, o: DecompressOptions, note, bar: b
         header = bitstream.peek_header(data)
         reading = time.perf_counter() - start
         model = api.decoder(header, o.weights)   # loaded (or the release refused) before decoding
+        sections = bitstream.unpack(data).sections   # a thin image's layout sizes the progress bar
     except (bitstream.BitstreamError, CodecError, ReleaseError) as exc:
         raise CodecError(named(shown, str(exc))) from None
     loading = time.perf_counter() - start - reading
@@ -546,7 +547,7 @@ def decompress_one(input: Path, output: Path, o: DecompressOptions, note, bar: b
     # the grid the image size implies (bounded); decompress_array refuses a file whose tiling
     # differs before it allocates anything
     progress = _progress if bar else (lambda *a: _no_progress())
-    with progress(codec.file_tile_count(header), "decompress") as update:
+    with progress(codec.file_tile_count(header, sections), "decompress") as update:
         begin = time.perf_counter()
         try:
             image, _ = api.decode(data, weights=o.weights, progress=update)
@@ -921,7 +922,7 @@ def decompress(ctx, paths: tuple[str, ...], force: bool, weights: Path | None, o
 @click.argument("file", type=click.Path(), callback=_path_argument)
 def info(file: Path):
     """Show the header of a .vae file ("-": standard input): size, mode, quality, bpp, tiles,
-    model release and weights fingerprint."""
+    the layout of a folded thin image, model release and weights fingerprint."""
     from . import bitstream, releases
     try:
         data = _read_input_bytes(file)
@@ -935,13 +936,20 @@ def info(file: Path):
     except releases.ReleaseError:
         release = (f"{h.release} (not in this vaecodec: a newer one decodes it)" if h.release
                    else "none (weights that are no release)")
-    kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF", 4: "XMP"}
+    kinds = {1: "ICC profile", 2: "alpha", 3: "EXIF", 4: "XMP", 5: "layout"}
+    layout = bitstream.layout_of(c.sections)   # checked by unpack
+    folded = ""
+    if layout is not None:
+        coded_h, coded_w = layout.coded_size(h.height, h.width)
+        folded = (f"layout:      folded into {layout.strips(h.height, h.width)} strips of "
+                  f"{layout.strip_length} px, coded as {coded_w}x{coded_h}\n")
     click.echo(f"file:        {_shown(file)} ({len(data):,} bytes)\n"
                f"image:       {h.width}x{h.height} {h.mode}\n"
                f"bpp:         {8 * len(data) / (h.width * h.height):.4f}\n"
                f"quality:     {h.quality_milli / 1000:g}\n"
                f"tiles:       {len(c.tiles)}" + (f" ({h.tile_size} px, overlap {h.tile_overlap})"
                                                  if h.tile_size else "") + "\n"
+               + folded +
                f"latents:     M={h.latent_channels} N={h.hyper_channels}\n"
                f"release:     {release}\n"
                f"weights:     {h.fingerprint.hex()}\n"

@@ -2,6 +2,11 @@
 
 ``compress_array``/``decompress_array`` mirror each other:
 
+0. A thin image, whose padding to a multiple of 64 would at least double the pixels coded (a
+   20000x1 line would be coded as 20032x64), is first folded into a near-square one
+   (:func:`fold_layout`, :func:`fold`): cut along its long side into strips, stacked along its
+   short side; the file records the fold in a layout section (format version 3) and the
+   decoder unfolds (:func:`unfold`). Every other image is coded as it is.
 1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is cut into tiles:
    one tile when both sides are at most :data:`TILE` pixels, else a grid of ``TILE``-pixel tiles
    overlapping by :data:`OVERLAP` pixels. Each tile is edge-padded to a multiple of 64 and coded
@@ -10,7 +15,8 @@
    steps), which the model entropy-codes
    (:meth:`vaecodec.coder.Coder.code_latents`).
 2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
-   linear ramps so no seam shows; the output has exactly the input's height and width.
+   linear ramps so no seam shows, then unfolds a folded image; the output has exactly the
+   input's height and width.
 
 Alpha planes and ICC profiles travel losslessly as container sections (:mod:`vaecodec.bitstream`).
 """
@@ -126,6 +132,73 @@ def _pad_to_stride(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _ceil_sqrt(n: int) -> int:
+    """The smallest integer whose square is at least ``n`` (``n >= 1``)."""
+    return math.isqrt(n - 1) + 1
+
+
+def _padded(n: int) -> int:
+    """``n`` rounded up to a multiple of the latent stride (64)."""
+    return -(-n // STRIDE) * STRIDE
+
+
+def fold_layout(height: int, width: int) -> "bitstream.Layout | None":
+    """How the encoder folds an ``height x width`` image before coding (SPEC.md, "Thin
+    images"), or None when it codes the image as it is.
+
+    With ``s`` the short side and ``n`` the long side, an image is folded when ``s < 64`` and
+    folding at least halves the padded area coded: the strip length ``L`` is the smallest
+    multiple of 64 whose square is at least ``height * width`` (so the folded image is near
+    square), ``k = ceil(n / L)`` strips make a folded image ``L`` long and ``k * s`` across,
+    and the image is folded when ``2 * ceil64(k * s) * L <= 64 * ceil64(n)``. An image with
+    both sides at least 64 px (every photo) is never folded. Pure integer arithmetic: a
+    decoder derives the same layout and refuses a file holding another.
+    """
+    short, long = min(height, width), max(height, width)
+    if short >= STRIDE:
+        return None
+    strip = _padded(_ceil_sqrt(height * width))
+    strips = -(-long // strip)
+    if 2 * _padded(strips * short) * strip > STRIDE * _padded(long):
+        return None
+    return bitstream.Layout(axis=0 if width > height else 1, strip_length=strip)
+
+
+def coded_size(height: int, width: int, layout: "bitstream.Layout | None") -> tuple[int, int]:
+    """``(height, width)`` in pixels of the image the latents code: the folded image for a
+    ``layout`` (:meth:`vaecodec.bitstream.Layout.coded_size`), else the image's own size."""
+    return (height, width) if layout is None else layout.coded_size(height, width)
+
+
+def fold(rgb: np.ndarray, layout: "bitstream.Layout") -> np.ndarray:
+    """The folded image the latents code, ``(*coded_size(H, W, layout), C)``, for ``rgb``
+    ``(H, W, C)``. Axis 0: folded pixel ``(j*H + r, c)`` is ``rgb[r, min(j*L + c, W - 1)]``
+    for strip ``j``, ``L`` the strip length (the last strip's tail repeats the image's last
+    column); axis 1 is the same with rows and columns exchanged."""
+    if layout.axis == 1:
+        return np.ascontiguousarray(fold(rgb.transpose(1, 0, 2), bitstream.Layout(0, layout.strip_length))
+                                    .transpose(1, 0, 2))
+    height, width = rgb.shape[:2]
+    length = layout.strip_length
+    strips = -(-width // length)
+    cols = np.minimum(np.arange(strips * length), width - 1)
+    strip = rgb[:, cols].reshape(height, strips, length, -1)
+    return np.ascontiguousarray(strip.transpose(1, 0, 2, 3).reshape(strips * height, length, -1))
+
+
+def unfold(coded: np.ndarray, height: int, width: int, layout: "bitstream.Layout") -> np.ndarray:
+    """The ``(height, width, C)`` image whose :func:`fold` is ``coded``
+    (``(*coded_size(height, width, layout), C)``): the strips laid end to end again, the last
+    strip's tail dropped. Axis 0: pixel ``(r, x)`` is ``coded[(x // L) * height + r, x % L]``."""
+    if layout.axis == 1:
+        return np.ascontiguousarray(unfold(coded.transpose(1, 0, 2), width, height,
+                                           bitstream.Layout(0, layout.strip_length)).transpose(1, 0, 2))
+    length = layout.strip_length
+    strips = coded.shape[0] // height
+    line = coded.reshape(strips, height, length, -1).transpose(1, 0, 2, 3).reshape(height, strips * length, -1)
+    return np.ascontiguousarray(line[:, :width])
+
+
 def _geometry(height: int, width: int, refine: int = 0) -> tuple[int, int]:
     """``(tile_size, tile_overlap)`` the encoder writes: one tile, the latents of the whole
     image (its transforms and entropy model run in windows, so memory stays bounded), up to
@@ -181,17 +254,27 @@ def _check_mode(mode: str, sections, height: int, width: int) -> None:
 
 
 def tile_count(height: int, width: int, refine: int = 0) -> int:
-    """Number of tiles :func:`compress_array` codes an ``height x width`` image in."""
-    return len(tile_grid(height, width, *_geometry(height, width, refine)))
+    """Number of tiles :func:`compress_array` codes an ``height x width`` image in (of its
+    folded image when it is thin, see :func:`fold_layout`)."""
+    h, w = coded_size(height, width, fold_layout(height, width))
+    return len(tile_grid(h, w, *_geometry(h, w, refine)))
 
 
-def file_tile_count(header: "bitstream.Header") -> int:
-    """Number of tiles a file with ``header`` holds, for a progress bar; 1 when its tiling is
-    not one a decoder accepts (:func:`decompress_array` then refuses it; nothing is allocated
-    for a crafted header's millions of tiles)."""
-    if not _geometry_allowed(header.height, header.width, header.tile_size, header.tile_overlap):
+def file_tile_count(header: "bitstream.Header", sections: tuple = ()) -> int:
+    """Number of tiles a file with ``header`` and ``sections`` (its layout section, if any,
+    gives the size of the image coded) holds, for a progress bar; 1 when its layout or tiling
+    is not one a decoder accepts (:func:`decompress_array` then refuses it; nothing is
+    allocated for a crafted header's millions of tiles)."""
+    try:
+        layout = bitstream.layout_of(sections)
+    except bitstream.BitstreamError:
         return 1
-    return len(tile_grid(header.height, header.width, header.tile_size, header.tile_overlap))
+    if layout is not None and layout != fold_layout(header.height, header.width):
+        return 1
+    h, w = coded_size(header.height, header.width, layout)
+    if not _geometry_allowed(h, w, header.tile_size, header.tile_overlap):
+        return 1
+    return len(tile_grid(h, w, header.tile_size, header.tile_overlap))
 
 
 def work_units(height: int, width: int, refine: int = 0) -> int:
@@ -207,7 +290,9 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
 
     ``quality`` in ``[1, 8]`` (fractional allowed, stored in thousandths); ``mode`` is the mode
     to restore on decode ("RGB", "L", "RGBA", "LA"); ``sections`` are :class:`bitstream.Section`
-    side data. ``refine``: steps of encoder-side latent refinement per tile
+    side data (never a layout section: a thin image is folded, and its layout section written,
+    by the codec itself, see :func:`fold_layout`; the file is then format version 3, every
+    other file version 2). ``refine``: steps of encoder-side latent refinement per tile
     (:mod:`vaecodec.refine`; the model must be loaded with ``refine=True``), 0 for none.
     ``progress(n)`` is called after each refinement step and each coded tile,
     :func:`work_units` times in all. ``analysis``: a dict that keeps each tile's analysis
@@ -215,7 +300,7 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     same image and model, so that coding it again at other qualities (rate control) skips the
     analysis transform; the file is the same as without it. Used only when ``refine`` is 0.
     Raises :class:`CodecError` (also for a size a ``.vae`` file cannot hold, see
-    :func:`check_size`, before any coding).
+    :func:`check_size`, or a layout section in ``sections``, before any coding).
     """
     if not isinstance(rgb, np.ndarray):
         raise CodecError(f"expected an (H, W, 3) uint8 array, got {type(rgb).__name__}")
@@ -233,13 +318,20 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     height, width = rgb.shape[:2]
     check_size(height, width)
     _check_mode(mode, sections, height, width)
+    if any(getattr(s, "kind", None) == bitstream.SECTION_LAYOUT for s in sections):
+        raise CodecError("sections hold a layout section; the codec writes it itself for thin images")
+    layout = fold_layout(height, width)
+    if layout is not None:
+        rgb = fold(rgb, layout)
+        sections = (layout.section(), *sections)
     model = model or get_model(refine=bool(refine))
     if refine and not model.can_refine:
         raise CodecError("refinement needs the float entropy model: load the weights with refine=True")
-    tile, overlap = _geometry(height, width, refine)
+    coded_height, coded_width = rgb.shape[:2]
+    tile, overlap = _geometry(coded_height, coded_width, refine)
     tiles = []
     step = (lambda: progress(1)) if progress else None   # after each refinement step
-    for top, left, h, w in tile_grid(height, width, tile, overlap):
+    for top, left, h, w in tile_grid(coded_height, coded_width, tile, overlap):
         # padded as uint8, then made float: a quarter of the memory of padding the floats
         tile_rgb = rgb[top:top + h, left:left + w]
         if not (tile_rgb.flags.c_contiguous and tile_rgb.flags.writeable):
@@ -303,26 +395,36 @@ def latent_digest(data: bytes, model=None) -> str:
 
 @dataclass
 class Decoded:
-    """Result of :func:`decompress_array`: ``rgb`` ``(H, W, 3)`` uint8 and the container."""
+    """Result of :func:`decompress_array`: ``rgb`` ``(H, W, 3)`` uint8 (unfolded: the header's
+    size), the ``header``, the side-data ``sections`` (ICC profile, alpha, EXIF, XMP) and the
+    ``layout`` a thin image was folded in (its section, consumed by unfolding, is not among
+    ``sections``), or None."""
     rgb: np.ndarray
     header: "bitstream.Header"
     sections: tuple = field(default_factory=tuple)
+    layout: "bitstream.Layout | None" = None
 
 
 def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     """Decode ``.vae`` bytes with ``model``, or by default with the shipped release the file
-    names (:func:`decoder_for`). Raises :class:`vaecodec.bitstream.BitstreamError` for a
-    damaged, foreign or newer file, :class:`vaecodec.releases.ReleaseError` for a file of a
-    release this package does not have, :class:`CodecError` when it does not fit the model."""
+    names (:func:`decoder_for`); a folded thin image is unfolded (see :func:`fold_layout`).
+    Raises :class:`vaecodec.bitstream.BitstreamError` for a damaged, foreign or newer file,
+    :class:`vaecodec.releases.ReleaseError` for a file of a release this package does not
+    have, :class:`CodecError` when it does not fit the model or its layout or tiling is not
+    the one its image size gives."""
     from .entropy import EntropyCodingError
     container = bitstream.unpack(data)
     model = decoder_for(container.header, model)
     hd = container.header
     if (hd.latent_channels, hd.hyper_channels) != (model.M, model.N):
         raise CodecError("file's latent channels do not match the model")
-    if not _geometry_allowed(hd.height, hd.width, hd.tile_size, hd.tile_overlap):
+    layout = bitstream.layout_of(container.sections)
+    if layout is not None and layout != fold_layout(hd.height, hd.width):
+        raise CodecError("file's layout does not match its image size")
+    height, width = coded_size(hd.height, hd.width, layout)   # of the image the latents code
+    if not _geometry_allowed(height, width, hd.tile_size, hd.tile_overlap):
         raise CodecError("file's tiling does not match its image size")
-    grid = tile_grid(hd.height, hd.width, hd.tile_size, hd.tile_overlap)
+    grid = tile_grid(height, width, hd.tile_size, hd.tile_overlap)
     if len(grid) != len(container.tiles):
         raise CodecError(f"file has {len(container.tiles)} tiles, its image size needs {len(grid)}")
     quality = hd.quality_milli / 1000
@@ -334,7 +436,7 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
     # rounded into the uint8 output, so float memory stays O(tile x width). The linear ramps
     # of neighbouring tiles are exact dyadic numbers that sum to 1.
     rgb = None
-    band_top, band = 0, np.zeros((0, hd.width, 3), dtype=np.float32)
+    band_top, band = 0, np.zeros((0, width, 3), dtype=np.float32)
     row_tops = sorted({top for top, _, _, _ in grid})
     for (top, left, h, w), t in zip(grid, container.tiles):
         try:
@@ -343,7 +445,7 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
             raise CodecError(f"file is damaged: {exc}") from None
         if rgb is None:
             try:
-                rgb = np.empty((hd.height, hd.width, 3), dtype=np.uint8)
+                rgb = np.empty((height, width, 3), dtype=np.uint8)
             except MemoryError:
                 raise CodecError(f"not enough memory for a {hd.width}x{hd.height} image") from None
         if len(grid) == 1:   # one tile: no blending, rounded a band of rows at a time
@@ -353,16 +455,19 @@ def decompress_array(data: bytes, model=None, progress=None) -> Decoded:
             break
         rec = x_hat[0, :, :h, :w].permute(1, 2, 0).numpy()
         if top + h > band_top + len(band):
-            grow = np.zeros((top + h - band_top - len(band), hd.width, 3), dtype=np.float32)
+            grow = np.zeros((top + h - band_top - len(band), width, 3), dtype=np.float32)
             band = np.concatenate([band, grow])
-        wy = _ramp(h, hd.tile_overlap if top else 0, hd.tile_overlap if top + h < hd.height else 0)
-        wx = _ramp(w, hd.tile_overlap if left else 0, hd.tile_overlap if left + w < hd.width else 0)
+        wy = _ramp(h, hd.tile_overlap if top else 0, hd.tile_overlap if top + h < height else 0)
+        wx = _ramp(w, hd.tile_overlap if left else 0, hd.tile_overlap if left + w < width else 0)
         band[top - band_top:top - band_top + h, left:left + w] += rec * (wy[:, None, None] * wx[None, :, None])
-        if left + w == hd.width:   # end of a tile row: flush the rows that are now final
+        if left + w == width:   # end of a tile row: flush the rows that are now final
             i = row_tops.index(top)
-            final = row_tops[i + 1] if i + 1 < len(row_tops) else hd.height
+            final = row_tops[i + 1] if i + 1 < len(row_tops) else height
             rgb[band_top:final] = np.clip(np.round(band[:final - band_top] * 255.0), 0, 255)
             band, band_top = band[final - band_top:].copy(), final
         if progress:
             progress(1)
-    return Decoded(rgb, hd, container.sections)
+    if layout is not None:
+        rgb = unfold(rgb, hd.height, hd.width, layout)
+    sections = tuple(s for s in container.sections if s.kind != bitstream.SECTION_LAYOUT)
+    return Decoded(rgb, hd, sections, layout)

@@ -1,6 +1,7 @@
 """Write the conformance files of a model release (run once, when the release is made).
 
     python bitstream/conformance/make.py RELEASE_ID     # e.g. 2026.12; `make release` runs it
+    python bitstream/conformance/make.py RELEASE_ID --add   # only the cases its folder lacks
     python bitstream/conformance/make.py --refused      # the files every decoder must refuse
 
 Writes ``<RELEASE_ID>/<name>.vae``, the decoded reference ``<name>.png`` and
@@ -12,7 +13,9 @@ deterministic crops of scikit-image's 'astronaut'.
 
 A release's folder is frozen: it is written once and kept forever, and the test suite decodes
 every file in every release folder, so no change to the package can stop a release's files
-from decoding. ``make.py`` refuses to write into an existing release folder.
+from decoding. ``make.py`` refuses to write into an existing release folder, except with
+``--add``, which writes the cases added to :data:`CASES` since (such as a file of a newer
+format version) and appends them to the manifest, never touching a file already there.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ CASES = [  # name, height, width, quality, mode
     ("rgb-64x64-q1", 64, 64, 1.0, "RGB"),
     ("grey-80x96-q4.5", 80, 96, 4.5, "L"),
     ("rgba-70x130-q8", 70, 130, 8.0, "RGBA"),
+    ("rgb-300x5-q4", 300, 5, 4.0, "RGB"),   # thin: folded into 5 strips (format 3)
 ]
 
 
@@ -110,17 +114,28 @@ def entry(name: str, data: bytes, image, quality: float, model=None) -> dict:
             "pixels_sha256": hashlib.sha256(image.tobytes()).hexdigest()}
 
 
-def make_release(release_id: str, out: Path | None = None) -> Path:
+def make_release(release_id: str, out: Path | None = None, add: bool = False) -> Path:
     """Write the conformance files of the shipped release ``release_id`` (its encoder must be
-    shipped) into ``out`` (default ``HERE/release_id``), which must not exist yet."""
+    shipped) into ``out`` (default ``HERE/release_id``), which must not hold a manifest yet;
+    with ``add``, only the cases its manifest lacks, appended to it (a file of such a case
+    already there is refused, not overwritten)."""
     from vaecodec import bitstream, codec, imageio
     out = out or HERE / release_id
+    manifest = []
     if (out / "manifest.json").exists():
-        raise SystemExit(f"{out} holds a manifest: a release's conformance files are frozen")
+        if not add:
+            raise SystemExit(f"{out} holds a manifest: a release's conformance files are frozen "
+                             "(--add writes only the cases it lacks)")
+        manifest = json.loads((out / "manifest.json").read_text())
+    done = {e["file"] for e in manifest}
+    todo = [case for case in CASES if f"{case[0]}.vae" not in done]
+    for name, *_ in todo:
+        for suffix in (".vae", ".png"):
+            if (out / f"{name}{suffix}").exists():
+                raise SystemExit(f"{out / (name + suffix)} exists but is not in the manifest; not overwritten")
     model = codec.get_model(release=release_id)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = []
-    for name, h, w, q, mode in CASES:
+    for name, h, w, q, mode in todo:
         rgb = source(h, w, mode)
         sections = []
         if mode == "RGBA":
@@ -136,17 +151,25 @@ def make_release(release_id: str, out: Path | None = None) -> Path:
     return out
 
 
+def _manifest(folder: Path) -> list:
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("release", nargs="?", help="release ID whose conformance files to write")
     parser.add_argument("--refused", action="store_true", help="write refused/ instead")
+    parser.add_argument("--add", action="store_true",
+                        help="write only the cases the release's folder lacks, adding them to its manifest")
     args = parser.parse_args(argv)
     if args.refused:
         make_refused()
         print(f"wrote {len(REFUSED)} files every decoder must refuse to {HERE / 'refused'}")
     elif args.release:
-        out = make_release(args.release)
-        print(f"wrote {len(CASES)} conformance files for release {args.release} to {out}")
+        before = len(_manifest(HERE / args.release))
+        out = make_release(args.release, add=args.add)
+        print(f"wrote {len(_manifest(out)) - before} conformance files for release {args.release} to {out}")
     else:
         parser.error("give a release ID or --refused")
 

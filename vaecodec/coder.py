@@ -30,8 +30,10 @@ import torch
 
 from .entropy import Tables
 from .integer import IntegerHyperSynthesis, IntegerNetwork, Z_MAX, context_input
+from torch import nn
+
 from .model import MeanScaleHyperprior, anchor_mask, corrected_non_anchors
-from .transforms import run_tiled
+from .transforms import SubpixelConvTranspose2d, run_tiled
 
 # The analysis and synthesis transforms run in windows of 1024 px plus 64 px of context on each
 # side (their receptive-field radius is about 55 px), so memory stays bounded by one window
@@ -39,6 +41,22 @@ from .transforms import run_tiled
 # smaller windows: its activations at full resolution dominate a decoder's peak memory.
 WINDOW, WINDOW_MARGIN = 1024, 64
 SYNTHESIS_WINDOW = 768
+
+
+def coding_layout(model: MeanScaleHyperprior) -> MeanScaleHyperprior:
+    """Make ``model``'s float transforms run the way coding on a CPU runs them fastest
+    (``benchmarks/speed.md``): the weights of ``g_a``, ``h_a`` and ``g_s`` in channels-last
+    (NHWC) layout, which oneDNN's convolutions use natively, and the synthesis' last transposed
+    convolution (3 output channels, which oneDNN computes slowly) as a convolution and pixel
+    shuffle (:class:`vaecodec.transforms.SubpixelConvTranspose2d`). The parameters and the
+    ``state_dict`` stay as stored; the transforms compute the same function up to float
+    rounding (decoded pixels within the README's ±1). In place, idempotent; returns ``model``.
+    Training never runs it."""
+    if type(model.g_s[-1]) is nn.ConvTranspose2d:
+        model.g_s[-1] = SubpixelConvTranspose2d.from_transposed(model.g_s[-1])
+    for transform in (model.g_a, model.h_a, model.g_s):
+        transform.to(memory_format=torch.channels_last)
+    return model
 
 
 @dataclass(eq=False, repr=False)
@@ -71,6 +89,9 @@ class Coder:
     release: str = ""
     steps: int = 0
     can_refine: bool = False
+
+    def __post_init__(self):
+        coding_layout(self.model).eval()
 
     def __repr__(self) -> str:
         return (f"Coder(release={self.release!r}, fingerprint={self.fingerprint.hex()}, N={self.N}, "
@@ -114,9 +135,11 @@ class Coder:
         in windows of :data:`WINDOW` px with
         :data:`WINDOW_MARGIN` px of context
         (:func:`vaecodec.transforms.run_tiled`): memory bounded by one window whatever the
-        image size, the latents those of the whole image. At most 1152 px a side in one go."""
+        image size, the latents those of the whole image. At most 1152 px a side in one go.
+        Computed, and returned, in channels-last layout (:func:`coding_layout`)."""
         with torch.no_grad():
-            return run_tiled(self.model.g_a, x, 16, WINDOW, WINDOW_MARGIN)
+            return run_tiled(self.model.g_a, x.contiguous(memory_format=torch.channels_last), 16,
+                             WINDOW, WINDOW_MARGIN)
 
     @torch.no_grad()
     def latents(self, analysed: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +160,9 @@ class Coder:
         """``g_s(y)``: ``(1, M, h, w)`` -> ``(1, 3, 16h, 16w)``; an image of at most 1152 px a
         side in one go (as :meth:`analysis`), larger ones in windows of
         :data:`SYNTHESIS_WINDOW` px with 64 px of context: the synthesis'
-        activations at full resolution dominate a decoder's peak memory."""
+        activations at full resolution dominate a decoder's peak memory. Computed, and
+        returned, in channels-last layout (:func:`coding_layout`)."""
+        y = y.contiguous(memory_format=torch.channels_last)
         whole = (WINDOW + 2 * WINDOW_MARGIN) // 16
         with torch.no_grad():
             if y.shape[2] <= whole and y.shape[3] <= whole:
@@ -195,6 +220,7 @@ class Coder:
         then its other half) as ``round(y - mean)`` with the table of its snapped scale.
         """
         from .entropy import IndexedEncoder, encode_indexed
+        y, z = y.contiguous(), z.contiguous()   # the transforms' channels-last layout stops here
         z_hat = torch.round(z).clamp(-Z_MAX, Z_MAX)
         channel = torch.arange(z_hat.shape[1])[None, :, None, None].expand_as(z_hat)
         z_stream, z_esc = encode_indexed(z_hat.long().numpy(), channel.numpy(), self.z_tables)

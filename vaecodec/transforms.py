@@ -62,6 +62,74 @@ def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTran
                               output_padding=stride - 1)
 
 
+class SubpixelConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution of :func:`deconv`'s kind (odd kernel ``K``, stride ``s``,
+    padding ``K // 2``, output padding ``s - 1``: ``(B, C, H, W)`` -> ``(B, C', sH, sW)``),
+    computed as an ordinary convolution with ``s²·C'`` output channels followed by a pixel
+    shuffle (Shi et al. 2016, "Real-Time Single Image and Video Super-Resolution Using an
+    Efficient Sub-Pixel Convolutional Neural Network"): output phase ``(a, b)`` (row ``s·i + a``,
+    column ``s·j + b``) is channel ``s²·c + s·a + b`` of the convolution. The same function up
+    to float rounding; only the summation order and some zero taps differ (a 5x5 stride-2
+    kernel becomes 3x3 on each of 4 phases: 36 taps for 25).
+
+    Its parameters are those of the transposed convolution (same names, shapes and values, so
+    the ``state_dict`` is unchanged); the convolution's weights are derived from them when
+    built (:meth:`from_transposed`) and again whenever the parameters were changed in place.
+    """
+
+    @classmethod
+    def from_transposed(cls, layer: nn.ConvTranspose2d) -> "SubpixelConvTranspose2d":
+        """The same layer (it shares ``layer``'s parameter tensors) computed as convolution and
+        pixel shuffle. Raises ``ValueError`` for a transposed convolution not of :func:`deconv`'s
+        kind (even, non-square or dilated kernel, groups, other padding)."""
+        k, s = layer.kernel_size[0], layer.stride[0]
+        if (layer.kernel_size != (k, k) or layer.stride != (s, s) or k % 2 == 0
+                or layer.padding != (k // 2, k // 2) or layer.output_padding != (s - 1, s - 1)
+                or layer.dilation != (1, 1) or layer.groups != 1 or layer.padding_mode != "zeros"):
+            raise ValueError(f"not a 'same' transposed convolution with an odd square kernel: {layer}")
+        new = cls(layer.in_channels, layer.out_channels, k, stride=s, padding=k // 2,
+                  output_padding=s - 1, bias=layer.bias is not None)
+        new.weight, new.bias = layer.weight, layer.bias
+        new._derive()
+        return new
+
+    def _key(self) -> tuple:
+        return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (self.weight, self.bias)
+                     if p is not None)
+
+    @torch.no_grad()
+    def _derive(self) -> None:
+        k, s = self.kernel_size[0], self.stride[0]
+        w, p = self.weight, k // 2   # (C, C', K, K)
+        # tap t of phase a reads input row i + t + lo and kernel row a + p - s·(t + lo)
+        lo = min(-((p + a - k + 1) // -s) for a in range(s))   # ceil division
+        hi = max((p + a) // s for a in range(s))
+        taps = hi - lo + 1
+        index = torch.tensor([[a + p - s * (t + lo) for t in range(taps)] for a in range(s)])
+        index = torch.where((index >= 0) & (index < k), index, k)   # k: a zero row/column
+        padded = F.pad(w, (0, 1, 0, 1))
+        sub = padded[:, :, index][..., index]   # (C, C', s, taps, s, taps): (a, t_row, b, t_col)
+        sub = sub.permute(1, 2, 4, 0, 3, 5).reshape(w.shape[1] * s * s, w.shape[0], taps, taps)
+        layout = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) \
+            and not w.is_contiguous() else torch.contiguous_format
+        self.subpixel_weight = sub.contiguous(memory_format=layout)
+        self.subpixel_bias = None if self.bias is None else self.bias.detach().repeat_interleave(s * s)
+        self.subpixel_padding = (-lo, hi, -lo, hi)   # left, right, top, bottom
+        self.subpixel_key = self._key()
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is not None:
+            raise ValueError("output_size is not supported: the output is exactly stride times the input")
+        if self.subpixel_key != self._key():   # parameters changed (load_state_dict, .to(...))
+            self._derive()
+        left, right, top, bottom = self.subpixel_padding
+        if (left, top) == (right, bottom):
+            y = F.conv2d(x, self.subpixel_weight, self.subpixel_bias, padding=left)
+        else:
+            y = F.conv2d(F.pad(x, self.subpixel_padding), self.subpixel_weight, self.subpixel_bias)
+        return F.pixel_shuffle(y, self.stride[0])
+
+
 class ResidualBottleneck(nn.Module):
     """ELIC's residual bottleneck block: ``x + conv1x1(relu(conv3x3(relu(conv1x1(x)))))`` with
     ``channels // 2`` channels inside. Shape-preserving ``(B, C, H, W)``. The last convolution

@@ -393,7 +393,8 @@ def _extra_decoder_files(model: MeanScaleHyperprior) -> list[tuple[str, str]]:
 
 def load(weights_dir: str | Path | None = None, encoder: bool = True,
          refine: bool = False) -> Coder:
-    """Load an export as a :class:`vaecodec.coder.Coder`, ready to ``compress``/``decompress``.
+    """Load an export as a :class:`vaecodec.coder.Coder`, ready to ``compress``/``decompress``
+    (its float transforms in the layout coding runs fastest, :func:`vaecodec.coder.coding_layout`).
 
     ``encoder=False`` skips the analysis file (decoding needs only the synthesis file).
     ``refine=True`` (with ``encoder``) also loads the float entropy model that encoder-side

@@ -1,0 +1,112 @@
+"""Coding speed: the synthesis' transposed convolution recast as convolution + pixel shuffle, and
+the transforms' coding layout."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import photo_crop
+from vaecodec.transforms import SubpixelConvTranspose2d, deconv, synthesis_transform
+
+
+# -- SubpixelConvTranspose2d --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel,stride", [(5, 2), (3, 2), (7, 2), (5, 3), (1, 2), (9, 4)])
+def test_subpixel_convolution_equals_the_transposed_one(kernel, stride):
+    torch.manual_seed(kernel * 10 + stride)
+    layer = deconv(6, 4, kernel, stride).double()
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64)
+    sub = SubpixelConvTranspose2d.from_transposed(layer)
+    expected = F.conv_transpose2d(x, layer.weight, layer.bias, stride=stride, padding=kernel // 2,
+                                  output_padding=stride - 1)
+    assert sub(x).shape == expected.shape == (2, 4, 7 * stride, 9 * stride)
+    assert (sub(x) - expected).abs().max() < 1e-12   # float64: the same sums in another order
+
+
+def test_subpixel_convolution_in_float32_and_channels_last_is_within_rounding():
+    torch.manual_seed(0)
+    layer = deconv(128, 3)   # the synthesis' last layer
+    nn.init.normal_(layer.weight, std=0.05)
+    x = torch.randn(1, 128, 16, 24)
+    expected = F.conv_transpose2d(x.double(), layer.weight.double(), layer.bias.double(), stride=2,
+                                  padding=2, output_padding=1)
+    for sub, inp in ((SubpixelConvTranspose2d.from_transposed(layer), x),
+                     (SubpixelConvTranspose2d.from_transposed(layer).to(memory_format=torch.channels_last),
+                      x.contiguous(memory_format=torch.channels_last))):
+        out = sub(inp)
+        assert out.dtype == torch.float32
+        # float32 rounding of sums of 128 x 9 products of size ~0.05 x 1: ~1e-6
+        assert (out.double() - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_subpixel_convolution_keeps_the_parameters_and_follows_their_changes():
+    layer = deconv(8, 3)
+    sub = SubpixelConvTranspose2d.from_transposed(layer)
+    assert sub.weight is layer.weight and sub.bias is layer.bias
+    assert list(sub.state_dict()) == ["weight", "bias"]
+    x = torch.randn(1, 8, 5, 6)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)   # in place, as load_state_dict writes
+        layer.bias.add_(1.0)
+    assert torch.allclose(sub(x), layer(x), atol=1e-5)
+    other = deconv(8, 3)
+    sub.load_state_dict(other.state_dict())
+    assert torch.allclose(sub(x), other(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [
+    nn.ConvTranspose2d(4, 4, 4, stride=2, padding=2, output_padding=1),     # even kernel
+    nn.ConvTranspose2d(4, 4, 5, stride=2, padding=0),                       # other padding
+    nn.ConvTranspose2d(4, 4, 5, stride=(2, 1), padding=2, output_padding=(1, 0)),
+    nn.ConvTranspose2d(4, 4, 5, stride=2, padding=2, output_padding=1, groups=2),
+    nn.ConvTranspose2d(4, 4, 5, stride=2, padding=2, output_padding=1, dilation=2),
+])
+def test_subpixel_convolution_refuses_other_transposed_convolutions(layer):
+    with pytest.raises(ValueError, match="not a 'same' transposed convolution"):
+        SubpixelConvTranspose2d.from_transposed(layer)
+
+
+# -- the coding layout of a loaded model --------------------------------------------------------
+
+def stored_synthesis(model) -> nn.Sequential:
+    g_s = synthesis_transform(model.N, model.M, model.model.blocks)
+    g_s.load_state_dict(model.model.g_s.state_dict())
+    return g_s.eval()
+
+
+def test_loaded_model_runs_the_coding_layout_with_the_stored_parameters(model):
+    from vaecodec.model import MeanScaleHyperprior
+    net = model.model
+    assert isinstance(net.g_s[-1], SubpixelConvTranspose2d)
+    assert net.g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.g_a[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = MeanScaleHyperprior(**net.architecture).state_dict()
+    own = net.state_dict()
+    assert list(own) == list(plain)   # same names, so an export of it writes the same tensors
+    assert all(own[k].shape == plain[k].shape for k in plain)
+
+
+def test_coding_layout_synthesis_equals_the_stored_one(model):
+    torch.manual_seed(1)
+    y = 4 * torch.randn(1, model.M, 8, 12)
+    with torch.no_grad():
+        expected = stored_synthesis(model)(y)
+        out = model.synthesis(y)
+    assert out.shape == expected.shape == (1, 3, 128, 192)
+    # float32 transforms in another summation order: differences of a few 1e-6 on values ~1
+    assert (out - expected).abs().max() < 1e-4
+    assert (torch.round(out.clamp(0, 1) * 255) != torch.round(expected.clamp(0, 1) * 255)).float().mean() < 1e-3
+
+
+def test_coding_layout_is_idempotent_and_leaves_the_entropy_model_in_plain_layout(model):
+    from vaecodec import codec
+    from vaecodec.coder import coding_layout
+    last = model.model.g_s[-1]
+    assert coding_layout(model.model) is model.model and model.model.g_s[-1] is last
+    rgb = photo_crop(64, 128, seed=2)
+    x = codec._pad_to_stride(torch.from_numpy(rgb).permute(2, 0, 1)[None]).float().div_(255.0)
+    y, z = model.analyse(x, 4.0)
+    streams = model.code_latents(y, z)
+    assert streams == model.code_latents(y.contiguous(), z.contiguous())

@@ -111,6 +111,7 @@ def test_cli_keeps_and_strips_metadata(camera_jpeg, tmp_path):
     (["out.jpg", "--webp-quality", "80"], "--webp-quality applies to WebP output only; this run writes JPEG"),
     (["-", "--jpeg-quality", "80"], "--jpeg-quality applies to JPEG output only; this run writes PNG"),
     (["--out-dir", "d", "--format", "tif", "--jpeg-quality", "80"], "this run writes TIFF"),
+    (["-", "--format", "jpg", "--jpeg-quality", "80"], "--format works with --out-dir"),
 ])
 def test_decompress_refuses_an_output_quality_for_another_format(tmp_path, args, message, monkeypatch):
     """An output quality option for a format this run does not write would silently do nothing."""

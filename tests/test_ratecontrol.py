@@ -77,6 +77,21 @@ def test_thin_images_fold_with_the_analysis_cache_and_refinement(model):
     assert refined[4] == 3 and vaecodec.decompress(refined).size == (600, 2)
 
 
+def test_numpy_numbers_are_targets_and_the_pillow_plugin_controls_the_rate():
+    import io
+    import numpy as np
+    from PIL import Image
+    target = len(vaecodec.compress(RGB, 4)) - 1
+    by_size = vaecodec.compress(RGB, size=target)
+    assert len(by_size) <= target and vaecodec.compress(RGB, size=np.int64(target)) == by_size
+    assert vaecodec.compress(RGB, bpp=np.float32(1.0)) == vaecodec.compress(RGB, bpp=1.0)
+    buf = io.BytesIO()
+    Image.fromarray(RGB).save(buf, format="VAE", size=target)   # as vaecodec.compress
+    assert buf.getvalue() == by_size
+    with pytest.raises(vaecodec.CodecError, match="size target must be a positive number"):
+        vaecodec.compress(RGB, size=True)
+
+
 def test_bad_targets():
     with pytest.raises(vaecodec.CodecError, match="at most one of size, bpp and psnr"):
         vaecodec.compress(RGB, size=100, bpp=1)

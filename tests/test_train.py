@@ -98,6 +98,13 @@ def test_weight_average_is_checkpointed_resumed_and_exported(tmp_path, image_dir
         assert torch.equal(p.detach(), tensors[f"average.{n}"]), n
     for n, p in raw.named_parameters():
         assert torch.equal(p.detach(), tensors[f"model.{n}"]), n
+    # a plain --resume keeps the checkpoint's decay; --average 0 says that it drops the average
+    ckpt = train(tiny(tmp_path / "run", image_dir, resume=True))
+    with safe_open(str(ckpt), "pt") as f:
+        extra = json.loads(f.metadata()["extra"])
+    assert extra["average_decay"] == 0.5 and extra["average_updates"] == 9
+    train(tiny(tmp_path / "run", image_dir, resume=True, average=0.0))
+    assert not any(k.startswith("average.") for k in load_file(str(ckpt)))
     # one update with decay d moves the average (1 - d) of the way; the first updates use less decay
     model = torch.nn.Linear(2, 1)
     average = WeightAverage(model, 0.999)
@@ -462,6 +469,10 @@ def test_export_of_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, im
         assert r.exit_code == 1 and "internal" not in r.output, r.output
         assert r.output.startswith(f"Error: {path} is not a vaecodec training checkpoint"), r.output
         assert not (tmp_path / "w2").exists()
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--state", str(tmp_path / "s.safetensors"),
+                                  "--no-average", "--float16"])
+    assert r.exit_code == 2 and "--float16 and --no-average do not apply to --state" in r.output
+    assert not (tmp_path / "s.safetensors").exists()
 
 
 def test_train_runs_the_installed_package_whatever_the_working_directory(tmp_path, image_dir):

@@ -19,6 +19,9 @@ def __getattr__(name: str):
     if name in __all__:
         from . import api
         return getattr(api, name)
+    if name == "__version__":   # the installed distribution's version, e.g. "0.3.0"
+        from .releases import package_version
+        return package_version()
     raise AttributeError(f"module 'vaecodec' has no attribute {name!r}")
 
 

@@ -853,6 +853,8 @@ def _check_output_options(ctx, paths: tuple[str, ...], out_dir: str | None, out_
     no output is of that format (the output's extension, or ``--format`` with ``--out-dir``;
     standard output is PNG): an option that would silently do nothing."""
     from .imageio import WRITE_FORMATS
+    if out_dir is None and ctx.get_parameter_source("out_format") is click.core.ParameterSource.COMMANDLINE:
+        return   # --format without --out-dir: the one-file form's own usage error follows
     if out_dir is not None:
         written = {WRITE_FORMATS[FORMATS[out_format]]}
     elif len(paths) == 2:
@@ -941,7 +943,8 @@ def info(file: Path):
     folded = ""
     if layout is not None:
         coded_h, coded_w = layout.coded_size(h.height, h.width)
-        folded = (f"layout:      folded into {layout.strips(h.height, h.width)} strips of "
+        strips = layout.strips(h.height, h.width)
+        folded = (f"layout:      folded into {strips} strip{'s' * (strips != 1)} of "
                   f"{layout.strip_length} px, coded as {coded_w}x{coded_h}\n")
     click.echo(f"file:        {_shown(file)} ({len(data):,} bytes)\n"
                f"image:       {h.width}x{h.height} {h.mode}\n"
@@ -1041,9 +1044,10 @@ def _lambdas_option(ctx, param, value):
                    "convolutions use natively: 1.7-1.8x faster bf16 steps on a 2-core AVX-512 "
                    "Xeon, 1.05x in fp32 (benchmarks/train-speed.md). The checkpoint is the "
                    "same either way.")
-@click.option("--average", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True,
+@click.option("--average", type=_FiniteFloatRange(0, 1, max_open=True), default=None,
               help="Decay of the exponential moving average of the weights kept beside the "
-                   "trained ones (Polyak averaging); export uses the average. 0: none.")
+                   "trained ones (Polyak averaging); export uses the average. 0: none. "
+                   "Default: a resumed checkpoint's, else 0.999 (about the last 1,000 steps).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Export weights to this folder when done (e.g. weights).")
 def train(export_dir, **options):
@@ -1104,6 +1108,12 @@ def export_command(checkpoint: Path, out: Path, float16: bool, state: Path | Non
     with it. `make release CHECKPOINT=...` turns a checkpoint into a release.
     """
     if state is not None:
+        given = [name for option, name in (("float16", "--float16"), ("average", "--no-average"))
+                 if click.get_current_context().get_parameter_source(option)
+                 is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} not "
+                                   "apply to --state (the training state keeps the trained weights)")
         from .train import save_training_state
         step = save_training_state(checkpoint, state)
         click.echo(f"wrote the training state of {checkpoint} (step {step}) to {state} "

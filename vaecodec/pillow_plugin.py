@@ -7,7 +7,9 @@
     im.save(buf, format="VAE", quality=3, refine=30)
 
 Save options: ``quality`` (1 to 8, default 4; not JPEG's 0-100 scale), ``refine`` (encoder-side
-refinement steps, default 0) and ``model`` (a model release ID, default the newest). The ICC
+refinement steps, default 0), ``model`` (a model release ID, default the newest), and the rate
+control of :func:`vaecodec.compress` instead of ``quality``: ``size`` (bytes, or text such as
+``"20k"``), ``bpp`` or ``psnr`` (dB). The ICC
 profile, EXIF and XMP in ``im.info`` are kept (opening a ``.vae`` file puts them there, as
 Pillow's own plugins do; pass ``exif=im.info["exif"]`` to write EXIF into a JPEG, as for any
 Pillow image), alpha is stored losslessly, EXIF orientation is applied.
@@ -77,13 +79,19 @@ class _VaeDecoder(ImageFile.PyDecoder):
 
 
 def _save(im: Image.Image, fp, filename) -> None:
-    from .api import compress_read, read
+    from .api import compress, compress_read, read
     from .errors import CodecError
     options = im.encoderinfo
+    targets = {k: options[k] for k in ("size", "bpp", "psnr") if options.get(k) is not None}
     try:
-        rgb, meta = read(im, str(filename or "image"))
-        data = compress_read(rgb, meta, options.get("quality", 4.0), refine=options.get("refine", 0),
-                             model=options.get("model"))
+        if targets:   # rate control: exactly what vaecodec.compress writes
+            data = compress(im, options.get("quality"), refine=options.get("refine", 0),
+                            model=options.get("model"), **targets)
+        else:
+            rgb, meta = read(im, str(filename or "image"))
+            quality = options.get("quality")
+            data = compress_read(rgb, meta, 4.0 if quality is None else quality,
+                                 refine=options.get("refine", 0), model=options.get("model"))
     except CodecError as exc:
         raise OSError(f"cannot write {filename or 'image'} as .vae: {exc}") from None
     fp.write(data)

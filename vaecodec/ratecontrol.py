@@ -17,6 +17,7 @@ above the plain one).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,8 @@ def search(encode, decode, rgb: np.ndarray, target: str, value: float, refine: i
     Raises :class:`CodecError` for an unknown target or a value that is not positive."""
     if target not in TARGETS:
         raise CodecError(f"unknown rate-control target {target!r}; use one of {', '.join(TARGETS)}")
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not (math.isfinite(value) and value > 0):   # numbers.Real: numpy's numbers too
         raise CodecError(f"the {target} target must be a positive number, got {value!r}")
     pixels = rgb.shape[0] * rgb.shape[1]
     limit = value if target == "size" else value * pixels / 8 if target == "bpp" else None

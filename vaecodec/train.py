@@ -35,6 +35,7 @@ from .hardware import native_bf16
 from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
+AVERAGE = 0.999   # default decay of the weight average (WeightAverage)
 SAMPLINGS = ("area", "image")            # see sampling_weights
 MAX_NONFINITE_STEPS = 20   # consecutive skipped (non-finite) steps that stop a run as diverged
 RESIDUAL_BLOCK = re.compile(r"g_[as]\.res\d+_\d+\.")   # parameters of transforms' residual blocks
@@ -78,7 +79,8 @@ class TrainConfig:
     threads: int = 0
     lambdas: tuple[float, ...] = ()   # empty: the checkpoint's ladder, else model.LAMBDAS
     channels_last: bool = True       # NHWC tensors: 1.7-1.8x faster bf16 steps (train-speed.md)
-    average: float = 0.999           # decay of the weight average exported (0: none); see WeightAverage
+    average: float | None = None     # decay of the weight average exported (0: none; None: a
+                                     # resumed checkpoint's, else AVERAGE); see WeightAverage
     schedule: tuple[int, ...] = ()   # (start, end) global steps of one long decay; see learning_rate
     sampling: str = "area"           # crops' images: "area" (per pixel) or "image"; sampling_weights
 
@@ -115,7 +117,7 @@ class TrainConfig:
                              f"got {self.crop!r}")
         if not (number(self.decay_fraction) and 0 <= self.decay_fraction <= 1):
             raise ValueError(f"TrainConfig.decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
-        if not (number(self.average) and 0 <= self.average < 1):
+        if self.average is not None and not (number(self.average) and 0 <= self.average < 1):
             raise ValueError(f"TrainConfig.average must be in [0, 1), got {self.average!r}")
         schedule = tuple(self.schedule)
         if schedule and not (len(schedule) == 2 and all(integer(v) and v >= 0 for v in schedule)
@@ -559,11 +561,16 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     ddp_model = model
     if distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    extra = json.loads(checkpoint_metadata(ckpt).get("extra", "{}")) if cfg.resume and ckpt.exists() else {}
+    if cfg.average is None:   # a resumed run keeps its checkpoint's decay
+        cfg.average = float(extra.get("average_decay", AVERAGE))
     average = WeightAverage(model, cfg.average) if cfg.average > 0 else None
-    if average is not None and cfg.resume and ckpt.exists():
-        extra = json.loads(checkpoint_metadata(ckpt).get("extra", "{}"))
+    if average is not None and extra:
         if average.restore(load_file(str(ckpt)), int(extra.get("average_updates", 0))) and rank == 0:
-            print(f"weight average resumed ({average.updates} updates)", flush=True)
+            print(f"weight average resumed ({average.updates} updates, decay {average.decay:g})", flush=True)
+    elif extra.get("average_updates") and rank == 0:
+        print(f"note: the checkpoint's weight average ({extra['average_updates']} updates) is not "
+              f"kept (--average 0); the next checkpoint holds none", flush=True)
 
     precision, why = resolve_precision(cfg.precision, device)
     if rank == 0:

@@ -98,7 +98,7 @@ class Coder:
     def __repr__(self) -> str:
         return (f"Coder(release={self.release!r}, fingerprint={self.fingerprint.hex()}, N={self.N}, "
                 f"M={self.M}, slices={self.slices}, checkerboard={self.checkerboard}, "
-                f"blocks={self.model.blocks}, steps={self.steps}, can_refine={self.can_refine})")
+                f"blocks={self.blocks}, steps={self.steps}, can_refine={self.can_refine})")
 
     # ------------------------------------------------------------------ shape and rate levels
     @property
@@ -118,6 +118,11 @@ class Coder:
     @property
     def checkerboard(self) -> bool:
         return self.model.checkerboard
+
+    @property
+    def blocks(self) -> int:
+        """Residual blocks per stage of the analysis and synthesis transforms."""
+        return self.model.blocks
 
     @property
     def num_qualities(self) -> int:

@@ -395,6 +395,7 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
          refine: bool = False) -> Coder:
     """Load an export as a :class:`vaecodec.coder.Coder`, ready to ``compress``/``decompress``
     (its float transforms in the layout coding runs fastest, :func:`vaecodec.coder.coding_layout`).
+    The first load in a process also sets glibc's allocator (:func:`vaecodec.hardware.tune_malloc`).
 
     ``encoder=False`` skips the analysis file (decoding needs only the synthesis file).
     ``refine=True`` (with ``encoder``) also loads the float entropy model that encoder-side
@@ -402,6 +403,8 @@ def load(weights_dir: str | Path | None = None, encoder: bool = True,
     from the training file, the float context networks from the decoder files.
     Raises :class:`WeightsError` when files are missing or inconsistent.
     """
+    from .hardware import tune_malloc
+    tune_malloc()   # once per process; glibc's default thresholds page-fault every large tensor
     d = resolve(weights_dir) if weights_dir else default_weights_dir()
     synthesis, meta = _read(d / SYNTHESIS_FILE)
     model = _model(meta, _lambdas(synthesis, d), d)

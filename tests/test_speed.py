@@ -1,5 +1,5 @@
 """Coding speed: the synthesis' transposed convolution recast as convolution + pixel shuffle, the
-transforms' coding layout, and glibc's allocator setting."""
+transforms' coding layout, glibc's allocator setting, and benchmarks/speed.py."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from conftest import ROOT, photo_crop
@@ -199,3 +200,54 @@ def test_tune_malloc_keeps_large_freed_blocks_in_a_real_process():
     # glibc's defaults map a 64 MiB block afresh each time (16,384 pages, fewer with huge pages);
     # tuned, the freed block is reused without a fault
     assert int(before) > 1000 and int(after) < 100, out.stdout
+
+
+# -- benchmarks/speed.py --------------------------------------------------------------------------
+
+def load_speed_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    return speed
+
+
+def analysis_macs_per_pixel(N: int, M: int, blocks: int) -> float:
+    """Multiply-accumulates per image pixel of g_a (convolutions, GDN, residual blocks)."""
+    convs = 3 * N * 25 / 4 + N * N * 25 / 16 + N * N * 25 / 64 + N * M * 25 / 256
+    gdn = N * N * (1 / 4 + 1 / 16 + 1 / 64)
+    block = N * (N // 2) * 2 + (N // 2) ** 2 * 9
+    return convs + gdn + blocks * block * (1 / 16 + 1 / 64)
+
+
+def test_speed_script_on_one_small_image(model, tmp_path, monkeypatch):
+    speed = load_speed_script()
+    monkeypatch.setattr(speed.Reference, "SHAPE", (32, 48))   # a smaller reference: a quicker test
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(photo_crop(128, 192)).save(data / "small.png")
+    out = tmp_path / "speed.md"
+    speed.main(["--images", "1", "--rounds", "1", "--dataset", str(data), "--out", str(out)])
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    for stage in ("analysis transform", "hyper-analysis", "exact hyper-synthesis (float64)",
+                  "channel context (float64)", "checkerboard context (float64)", "range coding", "LRP",
+                  "synthesis transform", "PNG write", "other"):
+        assert stage in rows, stage
+    macs = float(rows["analysis transform"][0].strip().removesuffix(" k")) * 1e3
+    assert macs == pytest.approx(analysis_macs_per_pixel(model.N, model.M, model.blocks), abs=50)
+    encode = [v.strip(" *") for v in rows["**encode** (target 0.30 s)"]]
+    assert float(encode[1]) > 0 and encode[2] == "100 %"
+
+
+def test_speed_script_replaces_its_own_block_and_keeps_the_rest(tmp_path):
+    speed = load_speed_script()
+    out = tmp_path / "speed.md"
+    speed.write_block(out, "stages", ["first"])
+    assert out.read_text() == "<!-- speed.py stages -->\nfirst\n<!-- /speed.py stages -->\n"
+    out.write_text("# Speed\n\n" + out.read_text() + "\nwhat it says\n")
+    speed.write_block(out, "allocator", ["a", "b"])
+    speed.write_block(out, "stages", ["second"])
+    assert out.read_text() == ("# Speed\n\n<!-- speed.py stages -->\nsecond\n<!-- /speed.py stages -->\n"
+                               "\nwhat it says\n\n<!-- speed.py allocator -->\na\nb\n<!-- /speed.py allocator -->\n")

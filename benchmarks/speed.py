@@ -194,16 +194,6 @@ def decode(model, data: bytes, stages: Stages) -> bytes:
 
 
 # ----------------------------------------------------------------------------- the machine
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> str:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
@@ -221,7 +211,7 @@ def machine(load_before: float, allocator: bool = True) -> str:
                  + (f" (`GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}`)" if "GLIBC_TUNABLES" in os.environ else "")
                  ) if allocator else "malloc as each row says"
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {cpu_name()} ({cpu_flags() or 'no AVX'}), "
+    return (f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {hardware.cpu_name()} ({cpu_flags() or 'no AVX'}), "
             f"{os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; {allocator}; load average {load_before:.1f} before the "
             f"run, {load_after:.1f} after")

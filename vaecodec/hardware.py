@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import threading
+from pathlib import Path
 
 import torch
 
@@ -85,3 +87,15 @@ def tune_malloc() -> bool:
             if libc is not None:
                 _tuned = all([libc.mallopt(param, value) == 1 for param, value in MALLOPT])
         return _tuned
+
+
+def cpu_name() -> str:
+    """The processor's model name from ``/proc/cpuinfo`` (Linux), else what :mod:`platform`
+    knows; for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -533,10 +533,11 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
     step = 0
     ckpt = out / "checkpoint.safetensors"
     if cfg.resume and ckpt.exists():
-        check_architecture(ckpt, saved_architecture(checkpoint_config(ckpt)), cfg, init=False)
+        saved = checkpoint_config(ckpt)
+        check_architecture(ckpt, saved_architecture(saved), cfg, init=False)
         step = load_checkpoint(ckpt, model, optimizer)
-        if not cfg.schedule and checkpoint_config(ckpt).get("schedule"):   # a long schedule goes on
-            cfg.schedule = tuple(checkpoint_config(ckpt)["schedule"])
+        if not cfg.schedule and saved.get("schedule"):   # a long schedule goes on
+            cfg.schedule = tuple(saved["schedule"])
         if rank == 0:
             print(f"resumed from {ckpt} at step {step}"
                   + (f"; learning-rate schedule {cfg.schedule[0]}:{cfg.schedule[1]}" if cfg.schedule else ""),

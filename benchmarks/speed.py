@@ -1,7 +1,7 @@
 """Encode and decode speed in one process, stage by stage, against the machine's float32
 bound (benchmarks/speed.md).
 
-    python benchmarks/speed.py [--images N] [--rounds R] [--quality Q] [--dataset DIR] [--out FILE]
+    python benchmarks/speed.py [--images N] [--rounds R] [--quality Q] [--dataset DIR] [--out FILE] [--float64]
     python benchmarks/speed.py --allocator [--images N] [--rounds R]   # malloc settings compared
     python benchmarks/speed.py --transforms [--rounds R]               # layouts of the transforms compared
 
@@ -57,7 +57,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from vaecodec import codec, entropy, hardware, imageio  # noqa: E402
+from vaecodec import codec, entropy, exactconv, hardware, imageio  # noqa: E402
 from vaecodec.transforms import (SubpixelConvTranspose2d, analysis_transform,  # noqa: E402
                                  hyper_analysis_transform, synthesis_transform)
 
@@ -68,7 +68,7 @@ ENCODE_STAGES = ("analysis transform", "hyper-analysis", "exact hyper-synthesis"
                  "checkerboard context", "range coding")
 DECODE_STAGES = ("range coding", "exact hyper-synthesis", "channel context", "checkerboard context",
                  "LRP", "synthesis transform", "PNG write")
-FLOAT64 = {"exact hyper-synthesis", "channel context", "checkerboard context"}
+EXACT = {"exact hyper-synthesis", "channel context", "checkerboard context"}
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
 
@@ -227,7 +227,8 @@ def kodak(dataset: Path, count: int) -> list[tuple[str, np.ndarray]]:
 def command(args, mode: str = "") -> str:
     """The command line that gave a table, as Markdown code."""
     parts = ["python benchmarks/speed.py", mode, "" if mode == "--transforms" else f"--images {args.images}",
-             f"--rounds {args.rounds}", f"--threads {args.threads}" if args.threads else ""]
+             f"--rounds {args.rounds}", f"--threads {args.threads}" if args.threads else "",
+             "--float64" if args.float64 else ""]
     return "`" + " ".join(p for p in parts if p) + "`"
 
 
@@ -250,7 +251,8 @@ def measure_stages(model, images, quality: float, rounds: int, reference: Refere
                 continue
             data = encode(model, rgb, quality)
             decode(model, data, stages)
-            with FlopCounterMode(display=False) as counter:
+            # counted by the float64 method: the int8 products are the same arithmetic
+            with FlopCounterMode(display=False) as counter, exactconv.float64_reference():
                 stages.counter = counter
                 stages.take()
                 data = encode(model, rgb, quality)
@@ -280,6 +282,7 @@ def measure_stages(model, images, quality: float, rounds: int, reference: Refere
 
 def stage_table(result: dict, reference: Reference) -> list[str]:
     samples, flops = result["samples"], result["flops"]
+    method = "int8" if exactconv.available() else "float64"
     ref_s = median(s["reference"] for s in samples)
     bound = reference.gflops(ref_s) * 1e9   # FLOP/s
     best = reference.gflops(min(s["reference"] for s in samples))
@@ -309,7 +312,7 @@ def stage_table(result: dict, reference: Reference) -> list[str]:
             macs = median(f / 2 / s["pixels"] for f, s in zip(fl, samples))
             gflops = median(f / x / 1e9 for f, x in zip(fl, secs) if x > 0) if any(fl) else 0.0
             far = t / median(f / bound for f in fl) if any(fl) else float("nan")
-            label = name + (" (float64)" if name in FLOAT64 else "")
+            label = name + (f" ({method})" if name in EXACT else "")
             lines.append(f"| {label} | {macs / 1e3:.1f} k | {t:.3f} | {100 * t / t_total:.0f} % | "
                          f"{median(x / s['reference'] for x, s in zip(secs, samples)):.2f} | "
                          + (f"{gflops:.0f} | {far:.1f} |" if any(fl) else "– | – |"))
@@ -554,17 +557,28 @@ def main(argv=None) -> None:
     mode.add_argument("--allocator", action="store_true", help="compare malloc settings (a process each)")
     mode.add_argument("--transforms", action="store_true", help="compare layouts of g_a, h_a and g_s")
     mode.add_argument("--allocator-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--float64", action="store_true",
+                        help="run the exact entropy networks by the float64 method (default: int8 "
+                             "products where this machine has them exact; the same results)")
     args = parser.parse_args(argv)
     if args.images < 1 or args.rounds < 1:
         parser.error("--images and --rounds must be at least 1")
+    if args.float64 and (args.allocator or args.allocator_child):
+        parser.error("--float64 applies to the stage and transform tables, not --allocator")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.allocator_child:
         return allocator_child(args)
     mode = "allocator" if args.allocator else "transforms" if args.transforms else "stages"
-    lines = {"allocator": run_allocator, "transforms": run_transforms, "stages": run_stages}[mode](args)
+    run = {"allocator": run_allocator, "transforms": run_transforms, "stages": run_stages}[mode]
+    if args.float64:
+        with exactconv.float64_reference():
+            lines = run(args)
+    else:
+        lines = run(args)
     print("\n".join(lines))
-    write_block(args.out, mode + (f" --threads {args.threads}" if args.threads else ""), lines)
+    write_block(args.out, mode + (f" --threads {args.threads}" if args.threads else "")
+                + (" --float64" if args.float64 else ""), lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ PACKAGE = ROOT / "vaecodec"
 LAYERS = (
     # 0: formats, numerics and file handling that know nothing of the model
     {"vaecodec.errors", "vaecodec.bitstream", "vaecodec.hardware", "vaecodec.transforms",
-     "vaecodec.entropy", "vaecodec.integer", "vaecodec.metrics", "vaecodec.alpha",
+     "vaecodec.entropy", "vaecodec.integer", "vaecodec.exactconv", "vaecodec.metrics", "vaecodec.alpha",
      "vaecodec.fileio"},
     # 1: the model, the release registry
     {"vaecodec.model", "vaecodec.releases"},

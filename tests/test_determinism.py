@@ -62,7 +62,8 @@ def test_decode_same_latents_and_pixels_under_settings(model, coded):
 
 
 @pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"},
-                                 {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2"}])
+                                 {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2"},
+                                 {"VAECODEC_EXACT": "float64"}])   # the exact networks' other method
 def test_fresh_process_decodes_same_latents(model, coded, tmp_path, env):
     _, data = coded
     f = tmp_path / "a.vae"

@@ -16,7 +16,9 @@ Every operand is an integer and every product and partial sum stays below ``2**5
 (inputs ``<= 2**24``, weights ``<= 2**13``, fan-in ``<= 2**13``), so evaluating the convolutions
 in float64 is *exact*, whatever the summation order, blocking, FMA use or thread count: the result
 is the unique mathematical integer. Division by a power of two and ``floor`` are exact too.
-The convolutions run on the CPU in float64 (PyTorch has no Winograd/FFT path for float64).
+The convolutions run on the CPU as exact int8 matrix products (:mod:`vaecodec.exactconv`, 3-4x
+faster), or in float64 where this machine has no exact int8 product (PyTorch has no Winograd/FFT
+path for float64); both give the same integers.
 
 Outputs: ``h_s`` gives the mean and log-scale of ``y`` as ``acc / 2**frac`` (exact float64). A
 channel-context network takes those of its slice and the slices already decoded, as integers
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import exactconv
 from .transforms import run_tiled
 from torch import nn
 
@@ -111,6 +114,7 @@ class IntegerNetwork:
         self.frac = [int(f) for f in tensors["frac"]]
         self.transposed = [bool(t) for t in tensors["transposed"]]
         self.stride = [int(s) for s in tensors["stride"]]
+        self._int8: list[exactconv.Layer] | None = None   # built on first use
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's integer accumulator (float64) for integer input ``x``, computed in
@@ -124,6 +128,12 @@ class IntegerNetwork:
         return run_tiled(self._accumulate, x, up, core, margin, inverse=True)
 
     def _accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        if exactconv.available():
+            return torch.stack([self._accumulate_int8(image) for image in x])
+        return self._accumulate_float64(x)
+
+    def _accumulate_float64(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference method: float64 convolutions, exact below ``2**53``."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             k = w.shape[-1]
@@ -135,6 +145,20 @@ class IntegerNetwork:
             if i < last:
                 x = torch.floor(x.clamp_min(0) * 2.0 ** -self.shift[i]).clamp_max(ACT_MAX)
         return x
+
+    def _accumulate_int8(self, x: torch.Tensor) -> torch.Tensor:
+        """The same integers from int8 matrix products (:mod:`vaecodec.exactconv`): ``x``
+        ``(C, H, W)`` -> ``(C', H', W')`` float64."""
+        if self._int8 is None:
+            self._int8 = [exactconv.prepare(w, b, t, s) for w, b, t, s in
+                          zip(self.weights, self.biases, self.transposed, self.stride)]
+        x = x.permute(1, 2, 0)   # channels last
+        last = len(self._int8) - 1
+        for i, layer in enumerate(self._int8):
+            x = exactconv.conv(x, layer).to(torch.float64)   # exact: below 2**53
+            if i < last:
+                x = torch.floor(x.clamp_min_(0).mul_(2.0 ** -self.shift[i])).clamp_max_(ACT_MAX)
+        return x.permute(2, 0, 1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """The output for integer input ``x``: accumulator over ``2**frac``, exact float64."""

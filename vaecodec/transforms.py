@@ -62,6 +62,29 @@ def deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTran
                               output_padding=stride - 1)
 
 
+def subpixel_kernel(weight: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The convolution kernel equivalent to a transposed convolution of :func:`deconv`'s kind.
+
+    ``weight`` ``(C, C', K, K)`` (odd ``K``, padding ``K // 2``, output padding ``stride - 1``)
+    -> ``(kernel, padding)``: ``kernel`` ``(stride²·C', C, T, T)`` whose output channel
+    ``stride²·c + stride·a + b`` is output phase ``(a, b)`` (row ``stride·i + a``, column
+    ``stride·j + b``) of channel ``c``, to be applied to the input zero-padded by ``padding``
+    ``(left, right, top, bottom)`` and followed by a pixel shuffle. Only values are copied
+    (and zeros added), so integer weights stay the same integers.
+    """
+    k, s, p = weight.shape[-1], stride, weight.shape[-1] // 2
+    # tap t of phase a reads input row i + t + lo and kernel row a + p - s·(t + lo)
+    lo = min(-((p + a - k + 1) // -s) for a in range(s))   # ceil division
+    hi = max((p + a) // s for a in range(s))
+    taps = hi - lo + 1
+    index = torch.tensor([[a + p - s * (t + lo) for t in range(taps)] for a in range(s)])
+    index = torch.where((index >= 0) & (index < k), index, k)   # k: a zero row/column
+    padded = F.pad(weight.detach(), (0, 1, 0, 1))
+    sub = padded[:, :, index][..., index]   # (C, C', s, taps, s, taps): (a, t_row, b, t_col)
+    sub = sub.permute(1, 2, 4, 0, 3, 5).reshape(weight.shape[1] * s * s, weight.shape[0], taps, taps)
+    return sub, (-lo, hi, -lo, hi)
+
+
 class SubpixelConvTranspose2d(nn.ConvTranspose2d):
     """A transposed convolution of :func:`deconv`'s kind (odd kernel ``K``, stride ``s``,
     padding ``K // 2``, output padding ``s - 1``: ``(B, C, H, W)`` -> ``(B, C', sH, sW)``),
@@ -99,22 +122,12 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
 
     @torch.no_grad()
     def _derive(self) -> None:
-        k, s = self.kernel_size[0], self.stride[0]
-        w, p = self.weight, k // 2   # (C, C', K, K)
-        # tap t of phase a reads input row i + t + lo and kernel row a + p - s·(t + lo)
-        lo = min(-((p + a - k + 1) // -s) for a in range(s))   # ceil division
-        hi = max((p + a) // s for a in range(s))
-        taps = hi - lo + 1
-        index = torch.tensor([[a + p - s * (t + lo) for t in range(taps)] for a in range(s)])
-        index = torch.where((index >= 0) & (index < k), index, k)   # k: a zero row/column
-        padded = F.pad(w, (0, 1, 0, 1))
-        sub = padded[:, :, index][..., index]   # (C, C', s, taps, s, taps): (a, t_row, b, t_col)
-        sub = sub.permute(1, 2, 4, 0, 3, 5).reshape(w.shape[1] * s * s, w.shape[0], taps, taps)
-        layout = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) \
-            and not w.is_contiguous() else torch.contiguous_format
+        sub, self.subpixel_padding = subpixel_kernel(self.weight, self.stride[0])
+        layout = torch.channels_last if self.weight.is_contiguous(memory_format=torch.channels_last) \
+            and not self.weight.is_contiguous() else torch.contiguous_format
         self.subpixel_weight = sub.contiguous(memory_format=layout)
-        self.subpixel_bias = None if self.bias is None else self.bias.detach().repeat_interleave(s * s)
-        self.subpixel_padding = (-lo, hi, -lo, hi)   # left, right, top, bottom
+        self.subpixel_bias = None if self.bias is None else self.bias.detach().repeat_interleave(
+            self.stride[0] ** 2)
         self.subpixel_key = self._key()
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:

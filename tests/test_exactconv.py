@@ -58,7 +58,10 @@ def test_conv_equals_the_float64_method_at_the_format_limits(k, transposed, stri
     for x in (torch.randint(0, ACT_MAX + 1, (11, 13, cin), generator=g).double(),   # hidden layers
               torch.randint(-2**19, 2**19 + 1, (6, 9, cin), generator=g).double(),  # context inputs
               torch.full((5, 4, cin), float(ACT_MAX), dtype=torch.float64),                              # all at the clamp
-              torch.randint(-3, 4, (1, 1, cin), generator=g).double()):             # one position
+              torch.randint(-3, 4, (1, 1, cin), generator=g).double(),              # one position
+              torch.randint(-99, 99, (4, 1, cin), generator=g).double(),            # one column
+              torch.randint(-99, 99, (1, 5, cin), generator=g).double(),            # one row
+              torch.randint(-99, 99, (13, 2, cin), generator=g).double()[::2]):     # a strided view
         layer = exactconv.prepare(weight, bias, transposed, stride)
         got = exactconv.conv(x, layer)
         assert got.dtype == torch.int64

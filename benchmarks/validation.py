@@ -16,7 +16,7 @@ chroma, so the mean alone says little about full-colour photos like Kodak's::
 
 One folder at all 8 qualities takes about 4.6 CPU-minutes (plain coding). Curves are cached
 (``--cache``, default ``build/validation-cache``) by the SHA-256 of the weights files and of
-the scored pixels, so the reference is measured once.
+the scored pixels (and the analysis transform's precision), so the reference is measured once.
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from vaecodec import benchmark, codec, metrics, train, weights  # noqa: E402
+from vaecodec import benchmark, codec, hardware, metrics, train, weights  # noqa: E402
 from vaecodec.imageio import read_image  # noqa: E402
 
 CACHE = Path("build/validation-cache")
@@ -162,7 +163,9 @@ def score(folder: Path, images: list[np.ndarray], qs: list[int], refine: int, ca
     # what is scored, whatever the files are called
     scored = " ".join(benchmark.pixel_digest(Image.fromarray(rgb)) for rgb in images)
     try:
-        key = hashlib.sha256(f"{weights_digest(folder)} {scored} {refine} {qs}".encode())
+        # the encoder's arithmetic too: the analysis transform's precision changes the files
+        analysis = "bf16" if hardware.native_bf16(torch.device("cpu")) else "fp32"
+        key = hashlib.sha256(f"{weights_digest(folder)} {scored} {refine} {qs} analysis {analysis}".encode())
     except OSError as exc:
         raise click.ClickException(f"{folder}: {exc}") from None
     cached = cache / f"{key.hexdigest()[:24]}.json"

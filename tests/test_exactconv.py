@@ -130,3 +130,27 @@ def test_environment_forces_the_float64_method():
     assert out.stdout.strip() == "False"
     with exactconv.float64_reference():
         assert not exactconv.available()
+
+
+def test_a_machine_with_only_slow_int8_products_keeps_the_float64_method(monkeypatch):
+    """PyTorch's scalar fallback (no oneDNN) is exact but ~100x slower than float64."""
+    def slow(a, b):
+        import time
+        time.sleep(0.01)
+        return (a.double() @ b.double()).to(torch.int32)
+    monkeypatch.setattr(torch, "_int_mm", slow)
+    assert exactconv._int_mm_exact()
+    assert not exactconv._int_mm_fast()
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
+def test_no_int8_method_and_no_bf16_analysis_while_onednn_is_off():
+    from vaecodec import hardware
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not exactconv.available()
+        assert not hardware.native_bf16(torch.device("cpu"))
+
+
+def test_balanced_digits_of_nothing():
+    assert [d.shape for d in exactconv.balanced_digits(torch.zeros(0, 3, dtype=torch.float64), 256, 127)] \
+        == [(0, 3)]

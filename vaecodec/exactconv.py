@@ -26,8 +26,9 @@ output position, channels last); a transposed convolution first becomes an ordin
 pixel shuffle (:func:`vaecodec.transforms.subpixel_kernel`), which only moves integers.
 
 Before the first use, :func:`available` checks this machine's int8 product against int64
-arithmetic on adversarial inputs (the extreme digits, the longest reduction); where the product is
-missing or not exact, the networks keep the float64 method. ``VAECODEC_EXACT=float64`` in the
+arithmetic on adversarial inputs (the extreme digits, the longest reduction) and times it against
+float64's; where the product is missing, not exact or not fast (PyTorch's scalar fallback), the
+networks keep the float64 method. ``VAECODEC_EXACT=float64`` in the
 environment forces the float64 method.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .transforms import subpixel_kernel
 X_BASE = 256         # balanced digits of inputs: [-128, 127]
 W_BASE = 128         # balanced digits of weights: [-64, 64]
 MAX_REDUCTION = 2 ** 13   # longest reduction the check covers (the format's fan-in bound)
+MIN_SPEEDUP = 4           # the int8 product's speed over float64's that makes the method pay
 ENV = "VAECODEC_EXACT"    # "float64": always use the float64 method
 
 _lock = threading.Lock()
@@ -54,37 +56,69 @@ _reference = 0   # how many float64_reference() blocks are open
 
 def _int_mm_exact() -> bool:
     """Whether ``torch._int_mm`` computes exact int32 sums of int8 products here, for the
-    digit ranges and reduction lengths this module uses."""
+    digit ranges and reduction lengths this module uses: constant operands at the extremes
+    (each sum known in closed form), alternating extremes (adjacent products of opposite sign,
+    as processors without VNNI add pairs in int16) and random digits (checked against float64,
+    exact for these sums below ``2**27``)."""
+    k = MAX_REDUCTION
     try:
+        cases = [(torch.full((8, k), a, dtype=torch.int8), torch.full((k, 8), b, dtype=torch.int8), a * b * k)
+                 for a, b in ((127, 64), (-128, -64), (127, -64), (-128, 64))]   # largest of each sign
+        alternating = torch.tensor([127, -128], dtype=torch.int8).repeat(k // 2)
+        cases.append((alternating.repeat(5, 1), torch.full((k, 3), 64, dtype=torch.int8), -64 * k // 2))
         g = torch.Generator().manual_seed(0)
-        cases = []
-        for a, b in ((127, 64), (-128, -64), (127, -64), (-128, 64)):   # largest sums of each sign
-            cases.append((torch.full((8, MAX_REDUCTION), a, dtype=torch.int8),
-                          torch.full((MAX_REDUCTION, 8), b, dtype=torch.int8)))
         x = torch.randint(-128, 128, (37, 2592), generator=g, dtype=torch.int8)
         w = torch.randint(-64, 65, (2592, 19), generator=g, dtype=torch.int8)
-        cases.append((x, w))
-        # alternating extremes: adjacent products of opposite sign, as pairs are added in int16
-        alt = torch.tensor([127, -128], dtype=torch.int8).repeat(MAX_REDUCTION // 2)
-        cases.append((alt.repeat(5, 1), torch.full((MAX_REDUCTION, 3), 64, dtype=torch.int8)))
-        for a, b in cases:
+        cases.append((x, w, (x.double() @ w.double()).long()))
+        for a, b, expected in cases:
             got = torch._int_mm(a, b)
-            if got.dtype != torch.int32 or not torch.equal(got.long(), a.long() @ b.long()):
+            if got.dtype != torch.int32 or not torch.equal(got.long(), torch.as_tensor(expected).expand(got.shape)):
                 return False
         return True
     except Exception:   # no int8 product on this build or processor
         return False
 
 
+def _int_mm_fast() -> bool:
+    """Whether ``torch._int_mm`` runs on fast kernels here: at least :data:`MIN_SPEEDUP` times
+    float64's matrix product on a network-sized product (best of 5 each; about 10x on a Zen 4
+    with one thread). Without such kernels (no oneDNN, or a processor it has no int8 kernel for) PyTorch
+    falls back to a scalar loop about 100x slower than float64, and the 4 to 6 digit products
+    per multiply-accumulate would lose to float64."""
+    import time
+    a = torch.ones(384, 1152, dtype=torch.int8)
+    b = torch.ones(1152, 256, dtype=torch.int8)
+    a64, b64 = a.double(), b.double()
+
+    def best(f) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return min(times)
+    return best(lambda: torch._int_mm(a, b)) * MIN_SPEEDUP < best(lambda: a64 @ b64)
+
+
 def available() -> bool:
-    """Whether exact int8 convolution is used on this machine (checked once per process;
-    ``False`` when :data:`ENV` is ``float64``, when the check fails, and inside
-    :func:`float64_reference`)."""
+    """Whether exact int8 convolution is used on this machine now: once per process, its int8
+    product must prove exact (:func:`_int_mm_exact`) and fast (:func:`_int_mm_fast`); never
+    while oneDNN is switched off (``torch.backends.mkldnn.flags(enabled=False)``), when
+    :data:`ENV` is ``float64``, or inside :func:`float64_reference`. Either way the results
+    are the same integers; only the speed differs."""
     global _available
     with _lock:
         if _available is None:
-            _available = os.environ.get(ENV, "").lower() != "float64" and _int_mm_exact()
-        return _available and not _reference
+            # on one thread: on busy cores, waiting for a descheduled second thread costs
+            # milliseconds per product, which would blur the timing and slow the check
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                _available = (os.environ.get(ENV, "").lower() != "float64" and torch.backends.mkldnn.enabled
+                              and _int_mm_exact() and _int_mm_fast())
+            finally:
+                torch.set_num_threads(threads)
+        return _available and not _reference and torch.backends.mkldnn.enabled
 
 
 @contextmanager
@@ -107,7 +141,7 @@ def balanced_digits(x: torch.Tensor, base: int, top: int) -> list[torch.Tensor]:
     ``[-base/2, top]``; at least one digit, and only as many as the largest ``|x|`` needs.
     Exact: every step is a float64 operation on integers below ``2**53``."""
     half, out = base // 2, []
-    while x.numel() and float(x.max()) > top or float(x.min()) < -half:
+    while x.numel() and (float(x.max()) > top or float(x.min()) < -half):
         q = torch.floor((x + half) * (1.0 / base))
         out.append((x - q * base).to(torch.int8))
         x = q

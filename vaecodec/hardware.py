@@ -33,11 +33,14 @@ def native_bf16(device: torch.device) -> bool:
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: whether oneDNN has a bf16 kernel for this
     processor (AVX-512 and newer). On an AVX2-only CPU, bf16 autocast falls back to reference
     kernels: on a 2-core AMD EPYC (Zen 3, AVX2) one step of batch 8 x 256² took over 3 minutes
-    in bf16 (cores shared) against 2.7 s in fp32. Any other device type: ``False``.
+    in bf16 (cores shared) against 2.7 s in fp32. ``False`` while oneDNN is switched off
+    (``torch.backends.mkldnn.flags(enabled=False)``), and for any other device type.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
+        if not torch.backends.mkldnn.enabled:   # switched off: only the reference kernels remain
+            return False
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):

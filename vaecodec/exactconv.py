@@ -211,10 +211,12 @@ def conv(x: torch.Tensor, layer: Layer) -> torch.Tensor:
     # (digit, row, column, tap row, (tap column, channel)): each output's k·k·C inputs, one
     # copy of k runs of k·C contiguous bytes (adjacent columns, channels last)
     columns = padded.as_strided((n, rows, cols, k, k * c), (d, s * r, s * q, r, one))
-    # a real copy: reshape may return a view whose rows overlap (one output column), and the
-    # int8 product reads such a view wrongly
-    columns = columns.reshape(n * positions, k * k * c).contiguous()
-    products = torch._int_mm(columns, layer.weight)
+    # copied into a fresh (rows, K) matrix with standard strides: a reshaped view can have
+    # overlapping rows (one output column), which the int8 product reads wrongly, and
+    # .contiguous() keeps some such views (a single row) as they are
+    matrix = torch.empty(n * positions, k * k * c, dtype=torch.int8)
+    matrix.view(n, rows, cols, k, k * c).copy_(columns)
+    products = torch._int_mm(matrix, layer.weight)
     out_channels = layer.bias.shape[0]
     products = products.view(n, positions, layer.digits, out_channels)
     acc = layer.bias.expand(positions, out_channels).clone()   # int64

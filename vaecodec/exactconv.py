@@ -7,7 +7,7 @@ sum stays below ``2**53``, but float64 runs at about a quarter of float32's spee
 computes the same sums with int8 matrix products that accumulate in int32 (``torch._int_mm``:
 AVX-512 VNNI, AMX or ARM dot-product instructions; 5-9x float64's multiply-accumulates per
 second on a Zen 4; with 4 to 6 digit products per multiply-accumulate and the passes that split,
-gather and recombine, the networks run 1.5x faster than in float64):
+gather and recombine, the networks run 1.3 to 1.5x faster than in float64):
 
 - every weight ``w`` (``|w| <= 2**13``) is split into balanced base-128 digits
   ``w = w0 + 128·w1`` with ``w0, w1`` in ``[-64, 64]``;

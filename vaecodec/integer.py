@@ -17,8 +17,9 @@ Every operand is an integer and every product and partial sum stays below ``2**5
 in float64 is *exact*, whatever the summation order, blocking, FMA use or thread count: the result
 is the unique mathematical integer. Division by a power of two and ``floor`` are exact too.
 The convolutions run on the CPU as exact int8 matrix products (:mod:`vaecodec.exactconv`; the
-three networks 1.3 to 1.5x faster per Kodak image than float64), or in float64 where this machine has no
-exact int8 product (PyTorch has no Winograd/FFT path for float64); both give the same integers.
+three networks 1.3 to 1.5x faster per Kodak image than float64), or in float64 where this
+machine has no fast exact int8 product (PyTorch has no Winograd/FFT path for float64); both give
+the same integers.
 
 Outputs: ``h_s`` gives the mean and log-scale of ``y`` as ``acc / 2**frac`` (exact float64). A
 channel-context network takes those of its slice and the slices already decoded, as integers

@@ -25,9 +25,9 @@ Convolutions become matrix products over their taps (the input's ``K = k·k·C``
 output position, channels last); a transposed convolution first becomes an ordinary one plus a
 pixel shuffle (:func:`vaecodec.transforms.subpixel_kernel`), which only moves integers.
 
-Before the first use, :func:`available` checks this machine's int8 product against int64
-arithmetic on adversarial inputs (the extreme digits, the longest reduction) and times it against
-float64's; where the product is missing, not exact or not fast (PyTorch's scalar fallback), the
+Before the first use, :func:`available` checks this machine's int8 product against exact sums
+(closed form, or float64 where that is exact) on adversarial inputs (the extreme digits, the
+longest reduction) and times it against float64's; where the product is missing, not exact or not fast (PyTorch's scalar fallback), the
 networks keep the float64 method. ``VAECODEC_EXACT=float64`` in the
 environment forces the float64 method.
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -85,7 +86,6 @@ def _int_mm_fast() -> bool:
     with one thread). Without such kernels (no oneDNN, or a processor it has no int8 kernel for) PyTorch
     falls back to a scalar loop about 100x slower than float64, and the 4 to 6 digit products
     per multiply-accumulate would lose to float64."""
-    import time
     a = torch.ones(384, 1152, dtype=torch.int8)
     b = torch.ones(1152, 256, dtype=torch.int8)
     a64, b64 = a.double(), b.double()
@@ -224,8 +224,6 @@ def conv(x: torch.Tensor, layer: Layer) -> torch.Tensor:
         for j in range(layer.digits):   # in place: int32 products added to the int64 sums, exactly
             acc.add_(products[i, :, j], alpha=X_BASE ** i * W_BASE ** j)
     acc = acc.view(rows, cols, out_channels)
-    if layer.shuffle > 1:
-        f = layer.shuffle
-        acc = acc.view(rows, cols, out_channels // (f * f), f, f).permute(0, 3, 1, 4, 2)
-        acc = acc.reshape(rows * f, cols * f, out_channels // (f * f))
+    if layer.shuffle > 1:   # channel s²·c + s·a + b is output phase (a, b) of channel c
+        acc = F.pixel_shuffle(acc.permute(2, 0, 1)[None], layer.shuffle)[0].permute(1, 2, 0)
     return acc

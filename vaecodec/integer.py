@@ -144,8 +144,13 @@ class IntegerNetwork:
             else:
                 x = F.conv2d(x, w, b, stride=self.stride[i], padding=k // 2)
             if i < last:
-                x = torch.floor(x.clamp_min(0) * 2.0 ** -self.shift[i]).clamp_max(ACT_MAX)
+                x = self._activation(x, i)
         return x
+
+    def _activation(self, acc: torch.Tensor, i: int) -> torch.Tensor:
+        """Layer ``i``'s output from its accumulator ``acc`` (float64 integers):
+        ``min(floor(max(acc, 0) / 2**shift), ACT_MAX)``, exact."""
+        return torch.floor(acc.clamp_min(0) * 2.0 ** -self.shift[i]).clamp_max(ACT_MAX)
 
     def _accumulate_int8(self, x: torch.Tensor) -> torch.Tensor:
         """The same integers from int8 matrix products (:mod:`vaecodec.exactconv`): ``x``
@@ -158,7 +163,7 @@ class IntegerNetwork:
         for i, layer in enumerate(self._int8):
             x = exactconv.conv(x, layer).to(torch.float64)   # exact: below 2**53
             if i < last:
-                x = torch.floor(x.clamp_min_(0).mul_(2.0 ** -self.shift[i])).clamp_max_(ACT_MAX)
+                x = self._activation(x, i)
         return x.permute(2, 0, 1)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:

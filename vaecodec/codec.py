@@ -7,13 +7,15 @@
    (:func:`fold_layout`, :func:`fold`): cut along its long side into strips, stacked along its
    short side; the file records the fold in a layout section (format version 3) and the
    decoder unfolds (:func:`unfold`). Every other image is coded as it is.
-1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is cut into tiles:
-   one tile when both sides are at most :data:`TILE` pixels, else a grid of ``TILE``-pixel tiles
-   overlapping by :data:`OVERLAP` pixels. Each tile is edge-padded to a multiple of 64 and coded
-   independently (its own ``z`` and ``y``), so memory stays bounded by one tile: its latents come
-   from :func:`vaecodec.refine.refine_latents` (the analysis transforms' own without refinement
-   steps), which the model entropy-codes
-   (:meth:`vaecodec.coder.Coder.code_latents`).
+1. The image (``(H, W, 3)`` uint8 RGB; grey is replicated to 3 channels) is edge-padded to a
+   multiple of 64 and coded as one set of latents (one ``z``, one ``y``) up to
+   :data:`WHOLE_MAX_PIXELS`: the analysis and synthesis transforms, and refinement, run in
+   overlapping windows cropped to their receptive field (:mod:`vaecodec.coder`,
+   :mod:`vaecodec.refine`), so memory stays bounded whatever the size. A larger image is cut
+   into a grid of :data:`TILE`-pixel tiles overlapping by :data:`OVERLAP` pixels, each coded
+   independently (its own ``z`` and ``y``). The latents come from
+   :func:`vaecodec.refine.refine_latents` (the analysis transforms' own without refinement
+   steps), which the model entropy-codes (:meth:`vaecodec.coder.Coder.code_latents`).
 2. The decoder reconstructs every tile, crops the padding, and blends overlapping tiles with
    linear ramps so no seam shows, then unfolds a folded image; the output has exactly the
    input's height and width.
@@ -39,7 +41,7 @@ from .refine import refine_latents
 TILE = 1024
 OVERLAP = 64
 WHOLE_MAX_PIXELS = 1 << 25   # 33.5 megapixels (8K UHD is 33.2): one set of latents up to this
-MAX_REFINE = 1000   # refinement steps per tile
+MAX_REFINE = 1000   # refinement steps
 
 
 
@@ -201,13 +203,12 @@ def unfold(coded: np.ndarray, height: int, width: int, layout: "bitstream.Layout
 
 def _geometry(height: int, width: int, refine: int = 0) -> tuple[int, int]:
     """``(tile_size, tile_overlap)`` the encoder writes: one tile, the latents of the whole
-    image (its transforms and entropy model run in windows, so memory stays bounded), up to
-    :data:`WHOLE_MAX_PIXELS`; independent tiles of :data:`TILE` px overlapping by
-    :data:`OVERLAP` for larger images, and for refinement of an image over :data:`TILE` px a
-    side (refinement differentiates through the whole tile at once)."""
-    if height <= TILE and width <= TILE:
-        return 0, 0
-    if refine or height * width > WHOLE_MAX_PIXELS:
+    image, up to :data:`WHOLE_MAX_PIXELS`: its transforms, entropy model and refinement
+    (:mod:`vaecodec.refine`) run in windows, so memory stays bounded; independent tiles of
+    :data:`TILE` px overlapping by :data:`OVERLAP` for larger images. ``refine`` (steps) does
+    not change the geometry (vaecodec 0.3.0 and earlier tiled refined images over :data:`TILE`
+    px a side)."""
+    if height * width > WHOLE_MAX_PIXELS:   # then a side is over TILE px
         return TILE, OVERLAP
     return 0, 0
 
@@ -292,7 +293,7 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
     to restore on decode ("RGB", "L", "RGBA", "LA"); ``sections`` are :class:`bitstream.Section`
     side data (never a layout section: a thin image is folded, and its layout section written,
     by the codec itself, see :func:`fold_layout`; the file is then format version 3, every
-    other file version 2). ``refine``: steps of encoder-side latent refinement per tile
+    other file version 2). ``refine``: steps of encoder-side latent refinement
     (:mod:`vaecodec.refine`; the model must be loaded with ``refine=True``), 0 for none.
     ``progress(n)`` is called after each refinement step and each coded tile,
     :func:`work_units` times in all. ``analysis``: a dict that keeps each tile's analysis

@@ -18,8 +18,11 @@ falls from 0.5 to 0.05 over the steps turns the soft draw into plain rounding by
 The decoder and the file format do not change: a refined file is an ordinary ``.vae`` file.
 Refinement costs one synthesis pass forward and backward per step (about 1.5-2 s per step for
 a megapixel on two CPU cores, in bf16 autocast where the CPU computes bf16 natively, after a
-start-up of a few seconds in which oneDNN prepares its kernels; about 2 GB of memory for a
-1024x1024 tile), so it is an option (``vaecodec compress --refine STEPS``). The random draws
+start-up of a few seconds in which oneDNN prepares its kernels), so it is an option
+(``vaecodec compress --refine STEPS``). Latents of up to 1024 px a side are refined in one
+piece (about 2 GB of memory at 1024x1024); a larger image's latents, one set for the whole
+image as plain coding has, window by window (:func:`_windowed_backward`: memory for one
+window, 2.0 GiB peak for a whole 12-megapixel encode). The random draws
 come from a generator seeded per call, so an encode is reproducible on a given machine.
 """
 from __future__ import annotations
@@ -35,6 +38,13 @@ TAU_START, TAU_END = 0.5, 0.05   # SGA temperature schedule (exponential in the 
 STEP_BUDGET = 0.3                # Adam's learning rate x steps (gained latent units)
 MAX_LEARNING_RATE = 0.01
 SEED = 0
+# Latents up to this many a side (1024 px) are refined in one piece; larger ones (the
+# whole-image latents of a large photo) in windows of WINDOW_CORE latents (768 px) with context
+# around them: ENTROPY_MARGIN latents for the hyper-synthesis and slice networks, then
+# SYNTHESIS_MARGIN (64 px, past the synthesis transform's receptive-field radius) for g_s.
+# Both margins are multiples of 4 latents, so every window starts on the grid of z.
+WHOLE_LATENTS = 64
+WINDOW_CORE, ENTROPY_MARGIN, SYNTHESIS_MARGIN = 48, 8, 4
 
 
 def learning_rate(steps: int) -> float:
@@ -124,6 +134,7 @@ def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -
     optimizer = torch.optim.Adam([y, z], lr=lr)
     h, w = size
     pixels, x = h * w, x[:, :, :h, :w]   # the padding is not part of the image
+    windowed = max(y.shape[2:]) > WHOLE_LATENTS
     for step in range(steps):
         tau = temperature(step, steps)
 
@@ -131,19 +142,77 @@ def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -
             drawn = sga_round(v, tau, generator)   # counted for the rate and seen by g_s alike
             return drawn, drawn
 
+        optimizer.zero_grad(set_to_none=True)
         z_tilde = sga_round(z, tau, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y_in, y_likelihoods = model.latents(y, model.h_s(z_tilde), quantize=soft)
-            # NHWC: oneDNN's bf16 kernels need no layout copies (2.2x faster steps, same result)
-            x_hat = model.g_s((y_in * inv_gain).contiguous(memory_format=torch.channels_last))
-            x_hat = x_hat[:, :, :h, :w].float()
-        rate = (bits(model.prior.likelihood(z_tilde)) + bits(y_likelihoods)) / pixels
-        loss = rate + lmbda * 255.0 ** 2 * torch.mean((x_hat - x) ** 2)
+        if windowed:
+            loss = _windowed_backward(model, x, y, z_tilde, inv_gain, lmbda, soft, bf16)
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y_in, y_likelihoods = model.latents(y, model.h_s(z_tilde), quantize=soft)
+                # NHWC: oneDNN's bf16 kernels need no layout copies (2.2x faster steps, same result)
+                x_hat = model.g_s((y_in * inv_gain).contiguous(memory_format=torch.channels_last))
+                x_hat = x_hat[:, :, :h, :w].float()
+            rate = (bits(model.prior.likelihood(z_tilde)) + bits(y_likelihoods)) / pixels
+            loss = rate + lmbda * 255.0 ** 2 * torch.mean((x_hat - x) ** 2)
+            if torch.isfinite(loss):
+                loss.backward()
         if not torch.isfinite(loss):
             return False
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
         if progress:
             progress()
     return bool(torch.isfinite(y).all() and torch.isfinite(z).all())
+
+
+def _windowed_backward(model, x: torch.Tensor, y: torch.Tensor, z_tilde: torch.Tensor,
+                       inv_gain: torch.Tensor, lmbda: float, soft, bf16: bool) -> torch.Tensor:
+    """One step's loss of :func:`refine_latents` (the same objective) for latents too large to
+    differentiate in one piece, its gradient accumulated into ``y.grad`` and ``z.grad``.
+
+    The latents are cut into cores of :data:`WINDOW_CORE` latents; each core is computed with
+    :data:`ENTROPY_MARGIN` + :data:`SYNTHESIS_MARGIN` latents of context around it (the
+    hyper-synthesis from the matching part of ``z_tilde``, then the slice networks, then the
+    synthesis transform on the core plus :data:`SYNTHESIS_MARGIN`), and counts the rate of the
+    core's latents and the squared error of the core's pixels only. Each window's loss is
+    differentiated on its own, so memory holds one window's activations whatever the image
+    size. The soft roundings are drawn per window (a latent in a margin is drawn again in each
+    window that sees it), so the loss is an estimate of the same expected loss; ``z_tilde``
+    is drawn once for the whole image. Returns the loss (a scalar, float64; not finite if any
+    part was not, and then nothing is differentiated further).
+    """
+    h, w = x.shape[2:]
+    rows, cols = y.shape[2:]
+    pixels, scale = h * w, lmbda * 255.0 ** 2 / x.numel()
+    z_in = z_tilde.detach().requires_grad_(True)
+    margin = ENTROPY_MARGIN + SYNTHESIS_MARGIN
+    z_rate = bits(model.prior.likelihood(z_tilde)) / pixels
+    total = z_rate.detach().double()
+    for top in range(0, rows, WINDOW_CORE):
+        for left in range(0, cols, WINDOW_CORE):
+            # the window, in latents; a multiple of 4 (one z) from the image's corner
+            t0, l0 = max(0, top - margin), max(0, left - margin)
+            b1, r1 = min(rows, top + WINDOW_CORE + margin), min(cols, left + WINDOW_CORE + margin)
+            ch, cw = min(WINDOW_CORE, rows - top), min(WINDOW_CORE, cols - left)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                hyper = model.h_s(z_in[:, :, t0 // 4:b1 // 4, l0 // 4:r1 // 4])
+                y_in, likelihoods = model.latents(y[:, :, t0:b1, l0:r1], hyper, quantize=soft)
+            core = (slice(None), slice(None), slice(top - t0, top - t0 + ch), slice(left - l0, left - l0 + cw))
+            loss = bits(likelihoods[core]) / pixels
+            y0, x0 = top * 16, left * 16   # the core's pixels inside the image
+            y1, x1 = min(h, (top + ch) * 16), min(w, (left + cw) * 16)
+            if y0 < h and x0 < w:   # else a window of padding: rate only
+                s0, e0 = max(t0, top - SYNTHESIS_MARGIN), min(b1, top + ch + SYNTHESIS_MARGIN)
+                s1, e1 = max(l0, left - SYNTHESIS_MARGIN), min(r1, left + cw + SYNTHESIS_MARGIN)
+                part = y_in[:, :, s0 - t0:e0 - t0, s1 - l0:e1 - l0] * inv_gain
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    x_hat = model.g_s(part.contiguous(memory_format=torch.channels_last))
+                x_hat = x_hat[:, :, y0 - s0 * 16:y1 - s0 * 16, x0 - s1 * 16:x1 - s1 * 16].float()
+                loss = loss + scale * ((x_hat - x[:, :, y0:y1, x0:x1]) ** 2).sum()
+            if not torch.isfinite(loss):
+                return loss.detach().double()
+            loss.backward()
+            total += loss.detach().double()
+    if torch.isfinite(total):
+        # the z rate, and z's share of every window's loss, through the one draw of z_tilde
+        (z_rate + (z_tilde * z_in.grad).sum()).backward()
+    return total

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from vaecodec.model import MeanScaleHyperprior
+from vaecodec.model import LAMBDAS, MeanScaleHyperprior
 from vaecodec.train import TrainConfig, learning_rate, train
 from vaecodec import weights
 from conftest import ROOT, photo_crop
@@ -342,6 +342,13 @@ def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_di
     model = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
     assert load_checkpoint(ckpt, model) == 2
     assert torch.allclose(model.lambdas, torch.tensor(ladder))
+    # the weight average's gains moved with the trained ones (half the log ratio per level),
+    # not left at the old ladder's: after one step they are still within a step of each other
+    averaged = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
+    load_checkpoint(ckpt, averaged, averaged=True)
+    old_first = float(model.log_gain[0].mean()) - 0.5 * np.log(ladder[0] / LAMBDAS[0])
+    assert abs(float(averaged.log_gain[0].mean() - model.log_gain[0].mean())) < 0.05
+    assert abs(float(averaged.log_gain[0].mean()) - old_first) > 0.4   # ½·log(0.0006/0.0018) = -0.55
 
 
 def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):

@@ -1038,7 +1038,9 @@ def _lambdas_option(ctx, param, value):
                    "and synthesis transforms, at 1/4 and 1/8 resolution; 0: plain GDN transforms.")
 @click.option("--lambdas", callback=_lambdas_option, default=None, metavar="L1,...,L8",
               help="λ of each quality level (MSE on 0..255 values), comma-separated; overrides "
-                   "a resumed checkpoint's ladder (default: the checkpoint's, or 0.0018 ... 0.18).")
+                   "a resumed checkpoint's ladder, and the run prints the old and new ladders "
+                   "(default: the checkpoint's, or 0.0018 ... 0.18 for a new model; release "
+                   "2026.12's is 0.0006,0.002,0.0067,0.013,0.025,0.0483,0.0932,0.18).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Keep activations and weights in NHWC layout, which oneDNN's bf16 "
                    "convolutions use natively: 1.7-1.8x faster bf16 steps on a 2-core AVX-512 "

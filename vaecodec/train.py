@@ -316,6 +316,17 @@ class WeightAverage:
         self.updates = updates
         return True
 
+    @torch.no_grad()
+    def follow_ladder(self, old, new) -> None:
+        """Move the averaged gains as :meth:`MeanScaleHyperprior.set_lambdas` moved the trained
+        ones for a λ ladder changed from ``old`` to ``new`` (each ``num_qualities`` floats), so
+        the average exports gains of the new ladder from the first step."""
+        shift = 0.5 * torch.log(torch.tensor(new, dtype=torch.float32) / torch.tensor(old, dtype=torch.float32))
+        for n, s in zip(self.names, self.shadow):
+            if n.split(".")[-1] in ("log_gain", "log_inv_gain"):
+                sign = 1.0 if n.split(".")[-1] == "log_gain" else -1.0
+                s.add_(sign * shift.to(s.device)[:, None])
+
 
 # ------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, model, optimizer, step: int, config: TrainConfig, extra: dict,
@@ -553,10 +564,14 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
             step = load_checkpoint(Path(cfg.init), model, new_slices_ok=True)
         if rank == 0:
             print(f"initialised from {cfg.init} (step {step})", flush=True)
+    before = [float(v) for v in model.lambdas]   # the checkpoint's ladder
     if cfg.lambdas:
         model.set_lambdas(cfg.lambdas)
-        if rank == 0:
-            print("λ ladder: " + ", ".join(f"{v:g}" for v in cfg.lambdas), flush=True)
+        if rank == 0:   # both ladders: a level changed by mistake shows at once
+            print("λ ladder: " + ", ".join(f"{v:g}" for v in before) + " -> "
+                  + ", ".join(f"{v:g}" for v in cfg.lambdas) + " (levels changed: "
+                  + ", ".join(str(i + 1) for i, (a, b) in enumerate(zip(before, cfg.lambdas))
+                              if abs(a - b) > 1e-6 * b) + ")", flush=True)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)   # the values stay; only the layout changes
     ddp_model = model
@@ -567,8 +582,11 @@ def _train(cfg: TrainConfig, stop_request: StopRequest) -> Path:
         cfg.average = float(extra.get("average_decay", AVERAGE))
     average = WeightAverage(model, cfg.average) if cfg.average > 0 else None
     if average is not None and extra:
-        if average.restore(load_file(str(ckpt)), int(extra.get("average_updates", 0))) and rank == 0:
-            print(f"weight average resumed ({average.updates} updates, decay {average.decay:g})", flush=True)
+        if average.restore(load_file(str(ckpt)), int(extra.get("average_updates", 0))):
+            if cfg.lambdas:
+                average.follow_ladder(before, cfg.lambdas)
+            if rank == 0:
+                print(f"weight average resumed ({average.updates} updates, decay {average.decay:g})", flush=True)
     elif extra.get("average_updates") and rank == 0:
         print(f"note: the checkpoint's weight average ({extra['average_updates']} updates) is not "
               f"kept (--average 0); the next checkpoint holds none", flush=True)

@@ -78,8 +78,10 @@ def main(argv=None) -> None:
         "",
         f"Measured {dt.date.today().isoformat()} with `python benchmarks/tiles.py` on "
         f"{platform.processor() or platform.machine()} ({len(files)} photos of "
-        f"`{Path(args.data).name}`, evaluation only), release {model.release or 'none'}. "
-        "Bytes of the whole file; PSNR on RGB; time is encode + decode in one process (whole / tiles).",
+        f"`{Path(args.data).name}`, evaluation only), release {model.release or 'none'}"
+        + (f", `--refine {args.refine}`" if args.refine else "") + ". "
+        "Bytes of the whole file; PSNR on RGB; encode time in one process (one tile / tiles), "
+        "each image coded both ways back to back.",
         "",
         "| image | size | quality | 1024-px tiles: bytes / PSNR | one tile: bytes / PSNR | bytes | encode time |",
         "|---|---|---:|---:|---:|---:|---:|",

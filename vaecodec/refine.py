@@ -42,7 +42,8 @@ SEED = 0
 # whole-image latents of a large photo) in windows of WINDOW_CORE latents (768 px) with context
 # around them: ENTROPY_MARGIN latents for the hyper-synthesis and slice networks, then
 # SYNTHESIS_MARGIN (64 px, past the synthesis transform's receptive-field radius) for g_s.
-# Both margins are multiples of 4 latents, so every window starts on the grid of z.
+# The core and both margins are multiples of 4 latents, so every window starts and ends on
+# the grid of z (one z for 4x4 latents).
 WHOLE_LATENTS = 64
 WINDOW_CORE, ENTROPY_MARGIN, SYNTHESIS_MARGIN = 48, 8, 4
 
@@ -180,6 +181,8 @@ def _windowed_backward(model, x: torch.Tensor, y: torch.Tensor, z_tilde: torch.T
     is drawn once for the whole image. Returns the loss (a scalar, float64; not finite if any
     part was not, and then nothing is differentiated further).
     """
+    if (WINDOW_CORE % 4) or ((ENTROPY_MARGIN + SYNTHESIS_MARGIN) % 4):
+        raise ValueError("refinement windows and margins must be multiples of 4 latents (one z)")
     h, w = x.shape[2:]
     rows, cols = y.shape[2:]
     pixels, scale = h * w, lmbda * 255.0 ** 2 / x.numel()

@@ -346,9 +346,10 @@ def test_resume_with_new_lambdas_keeps_them_in_the_checkpoint(tmp_path, image_di
     # not left at the old ladder's: after one step they are still within a step of each other
     averaged = MeanScaleHyperprior(16, 24, checkerboard=True, blocks=2)
     load_checkpoint(ckpt, averaged, averaged=True)
-    old_first = float(model.log_gain[0].mean()) - 0.5 * np.log(ladder[0] / LAMBDAS[0])
-    assert abs(float(averaged.log_gain[0].mean() - model.log_gain[0].mean())) < 0.05
-    assert abs(float(averaged.log_gain[0].mean()) - old_first) > 0.4   # ½·log(0.0006/0.0018) = -0.55
+    trained_first, averaged_first = model.log_gain[0].mean().item(), averaged.log_gain[0].mean().item()
+    old_first = trained_first - 0.5 * np.log(ladder[0] / LAMBDAS[0])
+    assert abs(averaged_first - trained_first) < 0.05
+    assert abs(averaged_first - old_first) > 0.4   # ½·log(0.0006/0.0018) = -0.55
 
 
 def test_cli_rejects_a_bad_lambda_ladder(tmp_path, image_dir):

@@ -71,6 +71,13 @@ def check_lambdas(lambdas, count: int = len(LAMBDAS)) -> tuple[float, ...]:
     return values
 
 
+def gain_shift(old, new) -> torch.Tensor:
+    """``(Q,)`` float32: how far each quality level's log-gain moves (and its log inverse gain
+    the other way) when its λ changes from ``old`` to ``new`` (each ``Q`` λ values):
+    ½·log(λ_new/λ_old), as the high-rate optimum quantisation step scales as 1/sqrt(λ)."""
+    return 0.5 * torch.log(torch.as_tensor(new, dtype=torch.float32) / torch.as_tensor(old, dtype=torch.float32))
+
+
 def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     """``(1, 1, h, w)`` bool: the checkerboard's anchor positions (row + column even)."""
     rows = torch.arange(h, device=device)[:, None]
@@ -156,13 +163,13 @@ class MeanScaleHyperprior(nn.Module):
     def set_lambdas(self, lambdas) -> None:
         """Replace the λ ladder (one λ per quality level, increasing, MSE on 0..255 values).
 
-        Each changed level's log-gain moves by ½·log(λ_new/λ_old) (the high-rate optimum
-        quantisation step scales as 1/sqrt(λ)), so training continues near the new rate.
+        Each changed level's log-gain moves by :func:`gain_shift` (½·log(λ_new/λ_old)), so
+        training continues near the new rate.
         Raises ``ValueError`` if the count differs from ``num_qualities`` or the values are not
         positive and strictly increasing.
         """
         new = torch.tensor(check_lambdas(lambdas, self.num_qualities), dtype=torch.float32)
-        shift = 0.5 * torch.log(new / self.lambdas.cpu()).to(self.log_gain.device)
+        shift = gain_shift(self.lambdas.cpu(), new).to(self.log_gain.device)
         self.log_gain.add_(shift[:, None])
         self.log_inv_gain.sub_(shift[:, None])
         self.lambdas.copy_(new.to(self.lambdas.device))

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .entropy import bits
 from .hardware import native_bf16
-from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas
+from .model import MAX_BLOCKS, SLICES, STRIDE, MeanScaleHyperprior, check_lambdas, gain_shift
 
 PRECISIONS = ("auto", "bf16", "fp32")   # see resolve_precision
 AVERAGE = 0.999   # default decay of the weight average (WeightAverage)
@@ -319,13 +319,13 @@ class WeightAverage:
     @torch.no_grad()
     def follow_ladder(self, old, new) -> None:
         """Move the averaged gains as :meth:`MeanScaleHyperprior.set_lambdas` moved the trained
-        ones for a λ ladder changed from ``old`` to ``new`` (each ``num_qualities`` floats), so
-        the average exports gains of the new ladder from the first step."""
-        shift = 0.5 * torch.log(torch.tensor(new, dtype=torch.float32) / torch.tensor(old, dtype=torch.float32))
-        for n, s in zip(self.names, self.shadow):
-            if n.split(".")[-1] in ("log_gain", "log_inv_gain"):
-                sign = 1.0 if n.split(".")[-1] == "log_gain" else -1.0
-                s.add_(sign * shift.to(s.device)[:, None])
+        ones (by :func:`vaecodec.model.gain_shift`) for a λ ladder changed from ``old`` to
+        ``new`` (each ``num_qualities`` floats), so the average exports gains of the new ladder
+        from the first step."""
+        shadow = dict(zip(self.names, self.shadow))
+        shift = gain_shift(old, new).to(shadow["log_gain"].device)[:, None]
+        shadow["log_gain"].add_(shift)
+        shadow["log_inv_gain"].sub_(shift)
 
 
 # ------------------------------------------------------------------------------ checkpoints

@@ -279,3 +279,21 @@ def test_refined_large_images_keep_one_set_of_latents():
         assert codec.tile_count(3024, 4032, refine_steps) == 1
         assert codec.work_units(3024, 4032, refine_steps) == refine_steps + 1
         assert codec._geometry(4400, 8000, refine_steps) == (codec.TILE, codec.OVERLAP)
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_uint8_pixels_refine_to_the_same_latents_as_float(refining_model, monkeypatch, windowed):
+    """The codec hands refinement its pixels as uint8 (a quarter of the memory of an 8K
+    image's floats while the latents are refined); each window is made float as the codec
+    would have made the whole image, so the latents are exactly the float path's."""
+    if windowed:
+        monkeypatch.setattr(refine, "WHOLE_LATENTS", 4)
+        monkeypatch.setattr(refine, "WINDOW_CORE", 8)
+    pixels = torch.from_numpy(photo_crop(128, 256, seed=41)).permute(2, 0, 1)[None]
+    as_float = refine.refine_latents(refining_model, pixels.float() / 255, 3.0, 3, size=(120, 250))
+    as_uint8 = refine.refine_latents(refining_model, pixels, 3.0, 3, size=(120, 250))
+    assert pixels.dtype == torch.uint8
+    for a, b in zip(as_float, as_uint8):
+        assert torch.equal(a, b)
+    start = refining_model.analyse(pixels.float() / 255, 3.0)[0]
+    assert not torch.equal(as_uint8[0], start)   # the steps did move the latents

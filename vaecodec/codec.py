@@ -337,8 +337,11 @@ def compress_array(rgb: np.ndarray, quality: float = 4.0, mode: str = "RGB",
         tile_rgb = rgb[top:top + h, left:left + w]
         if not (tile_rgb.flags.c_contiguous and tile_rgb.flags.writeable):
             tile_rgb = np.array(tile_rgb)   # torch wants a writable, contiguous array
-        x = torch.from_numpy(tile_rgb)
-        x = _pad_to_stride(x.permute(2, 0, 1)[None]).float().div_(255.0)
+        x = _pad_to_stride(torch.from_numpy(tile_rgb).permute(2, 0, 1)[None])
+        if not refine:
+            x = x.float().div_(255.0)
+        # refinement keeps the pixels uint8 (a quarter of the memory while the latents, their
+        # gradient and Adam's moments are held) and makes each window float for its step
         if analysis is not None and not refine:
             s = _code_cached(model, x, quality_milli / 1000, analysis, (top, left))
         else:

@@ -75,6 +75,12 @@ def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator | None = N
     return floor + torch.softmax(logits + gumbel, 0)[1]
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 in ``[0, 1]``: uint8 divided by 255 (as the codec converts pixels), a
+    float tensor as it is."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def temperature(step: int, steps: int) -> float:
     """SGA temperature at ``step`` of ``steps``: from :data:`TAU_START` down to :data:`TAU_END`."""
     return TAU_START * (TAU_END / TAU_START) ** (step / max(1, steps - 1))
@@ -84,12 +90,15 @@ def refine_latents(coder, x: torch.Tensor, quality: float, steps: int,
                    lr: float | None = None, seed: int = SEED,
                    progress=None, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents ``y`` ``(1, M, H/16, W/16)`` and ``z`` ``(1, N, H/64, W/64)`` (gained, not yet
-    rounded) for image ``x`` ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``, after ``steps`` steps
-    of SGA refinement (``steps=0``: the analysis transform's own). ``size``: ``(h, w)`` of the
-    image inside ``x`` (the rest is padding up to a multiple of 64): distortion is measured,
-    and the rate counted per pixel, over that part only (default: all of ``x``); a size that
-    is not two whole numbers from 1 to ``x``'s height and width raises ``ValueError``. ``lr``:
-    Adam's learning rate (default :func:`learning_rate` of ``steps``).
+    rounded) for image ``x`` ``(1, 3, H, W)``, float in ``[0, 1]`` or uint8 in ``0..255`` (the
+    same latents either way; as uint8 a large image takes a quarter of the memory while its
+    latents are refined window by window, each window made float for its step), at
+    ``quality``, after ``steps`` steps of SGA refinement (``steps=0``: the analysis
+    transform's own). ``size``: ``(h, w)`` of the image inside ``x`` (the rest is padding up
+    to a multiple of 64): distortion is measured, and the rate counted per pixel, over that
+    part only (default: all of ``x``); a size that is not two whole numbers from 1 to ``x``'s
+    height and width raises ``ValueError``. ``lr``: Adam's learning rate (default
+    :func:`learning_rate` of ``steps``).
 
     ``coder`` is a :class:`vaecodec.coder.Coder` whose float model has its float entropy model
     (hyper-synthesis, factorized prior, context networks) loaded, see
@@ -105,7 +114,7 @@ def refine_latents(coder, x: torch.Tensor, quality: float, steps: int,
                          f"{tuple(x.shape[2:])} of x, got {size!r}")
     if steps > 0 and not coder.can_refine:
         raise ValueError("refinement needs the float entropy model: load the weights with refine=True")
-    y, z = coder.analyse(x, quality)
+    y, z = coder.analyse(_unit(x), quality)
     if steps <= 0:
         return y, z
     model = coder.model   # the float model that the steps differentiate
@@ -136,6 +145,8 @@ def _descend(model, x, y, z, inv_gain, lmbda, steps, lr, seed, progress, size) -
     h, w = size
     pixels, x = h * w, x[:, :, :h, :w]   # the padding is not part of the image
     windowed = max(y.shape[2:]) > WHOLE_LATENTS
+    if not windowed:
+        x = _unit(x)
     for step in range(steps):
         tau = temperature(step, steps)
 
@@ -169,6 +180,7 @@ def _windowed_backward(model, x: torch.Tensor, y: torch.Tensor, z_tilde: torch.T
                        inv_gain: torch.Tensor, lmbda: float, soft, bf16: bool) -> torch.Tensor:
     """One step's loss of :func:`refine_latents` (the same objective) for latents too large to
     differentiate in one piece, its gradient accumulated into ``y.grad`` and ``z.grad``.
+    ``x``: the image without its padding, float in ``[0, 1]`` or uint8 (made float per window).
 
     The latents are cut into cores of :data:`WINDOW_CORE` latents; each core is computed with
     :data:`ENTROPY_MARGIN` + :data:`SYNTHESIS_MARGIN` latents of context around it (the
@@ -210,7 +222,7 @@ def _windowed_backward(model, x: torch.Tensor, y: torch.Tensor, z_tilde: torch.T
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     x_hat = model.g_s(part.contiguous(memory_format=torch.channels_last))
                 x_hat = x_hat[:, :, y0 - s0 * 16:y1 - s0 * 16, x0 - s1 * 16:x1 - s1 * 16].float()
-                loss = loss + scale * ((x_hat - x[:, :, y0:y1, x0:x1]) ** 2).sum()
+                loss = loss + scale * ((x_hat - _unit(x[:, :, y0:y1, x0:x1])) ** 2).sum()
             if not torch.isfinite(loss):
                 return loss.detach().double()
             loss.backward()

@@ -416,3 +416,32 @@ def test_validation_groups_images_by_source_and_averages_each_group():
               "image_psnr": [[20.0, 30.0, 22.0, 0.0], [30.0, 40.0, 32.0, 0.0]]}
     assert validation.subset(result, groups["bsds500"]) == {"bpp": [pytest.approx(0.2), 2.0],
                                                             "psnr": [21.0, 31.0]}
+
+
+# -- benchmarks/ceiling.py --------------------------------------------------------------------
+
+def test_ceiling_script_reports_the_unrounded_reconstruction_above_the_file(tmp_path):
+    import importlib.util
+    from conftest import ROOT
+    from vaecodec import codec
+    spec = importlib.util.spec_from_file_location("ceiling", ROOT / "benchmarks" / "ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    data = tmp_path / "eval"
+    data.mkdir()
+    image = sample("astronaut", (0, 0, 160, 96))   # not a multiple of 64: padding is cropped
+    image.save(data / "a.png")
+    rgb = np.asarray(image)
+    result = CliRunner().invoke(ceiling.main, [str(ROOT / "weights"), "--data", str(data), "--all-images"])
+    assert result.exit_code == 0, result.output
+    coded = codec.compress_array(rgb, quality=8)
+    file_db = metrics.psnr_rgb(rgb, codec.decompress_array(coded).rgb)
+    model = codec.get_model()
+    ceiling_db = metrics.psnr_rgb(rgb, ceiling.unrounded(model, rgb, 8))
+    assert f"unrounded {ceiling_db:.2f} dB; file {8 * len(coded) / (96 * 160):.3f} bpp / {file_db:.2f} dB" in result.output
+    assert ceiling_db > file_db + 0.3 and file_db > 30   # rounding costs; the top quality is high
+    bad = CliRunner().invoke(ceiling.main, [str(ROOT / "weights"), "--data", str(tmp_path / "none")])
+    assert bad.exit_code == 2   # click: no such folder
+    (tmp_path / "empty").mkdir()
+    bad = CliRunner().invoke(ceiling.main, [str(ROOT / "weights"), "--data", str(tmp_path / "empty")])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: ")

@@ -5,7 +5,8 @@ latent residual prediction, is the most any quantisation step, gain or extra qua
 could reach with these analysis and synthesis transforms; beside it, the PSNR of the real
 ``.vae`` file at that quality and its rate. Scored on the training folder's validation split
 (:func:`vaecodec.train.split_validation`, as ``benchmarks/validation.py``), or with
-``--kodak`` on the evaluation set, to *report* only (never to tune)::
+``--all-images`` on every image of an evaluation set such as Kodak, to *report* only (never
+to tune)::
 
     python benchmarks/ceiling.py weights build/s40
     python benchmarks/ceiling.py weights --data ../shared/data/kodak --all-images
@@ -45,7 +46,8 @@ def unrounded(coder, rgb: np.ndarray, quality: float) -> np.ndarray:
               show_default=True, help="Training folder whose validation split is scored.")
 @click.option("--all-images", is_flag=True,
               help="Score every image of --data (an evaluation set such as Kodak), not the split.")
-@click.option("--quality", type=click.IntRange(1, 8), default=8, show_default=True)
+@click.option("--quality", type=click.IntRange(1, 8), default=8, show_default=True,
+              help="The quality level whose gains are used (8: the top).")
 def main(folders, data, all_images, quality):
     """Ceiling and real file of each weights folder in FOLDERS at --quality."""
     try:

@@ -43,10 +43,20 @@ from .transforms import SubpixelConvTranspose2d, run_tiled
 WINDOW, WINDOW_MARGIN = 1024, 64
 SYNTHESIS_WINDOW = 768
 # Above this many latent positions (a 1024x1024 image), entropy coding and decoding give freed
-# memory back to the system before each half of each slice, and before the encoder's first
-# and the decoder's synthesis (:func:`vaecodec.hardware.release_free_memory`): an 8K photo's
-# refined encode peaked at 3.4-3.5 GiB without, 2.7 GiB with (RSS).
+# memory back to the system before each half of each slice (in the slice and spatial
+# parameters both use), before coding starts and before the decoder's synthesis
+# (:func:`_release`): an 8K photo's refined encode peaked at 3.4-3.5 GiB without, 2.4-3.1 GiB
+# with (RSS, benchmarks/tiles-refine.md).
 RELEASE_LATENTS = 64 * 64
+
+
+def _release(latents: torch.Tensor) -> None:
+    """:func:`vaecodec.hardware.release_free_memory` when ``latents`` ``(1, C, h, w)`` cover
+    more than :data:`RELEASE_LATENTS` positions. A large image's coding steps each allocate and
+    free hundreds of megabytes, of other sizes from step to step: each step starts from a heap
+    whose free pages went back to the system, so holes of earlier sizes do not add up."""
+    if latents.shape[2] * latents.shape[3] > RELEASE_LATENTS:
+        release_free_memory()
 
 
 def coding_layout(model: MeanScaleHyperprior) -> MeanScaleHyperprior:
@@ -197,6 +207,7 @@ class Coder:
         channels) and the slices ``decoded`` so far (float32): the exact channel-context
         network's correction and one float64 addition, identical on every machine. Slice 0
         keeps the hyperprior's parameters."""
+        _release(mean)   # each slice's networks: a step of coding of its own
         part = slice(i * self.M // self.slices, (i + 1) * self.M // self.slices)
         mean, log_scale = mean[:, part], log_scale[:, part]
         if i > 0:
@@ -209,6 +220,7 @@ class Coder:
         """The float64 ``mean`` and ``log_scale`` of :meth:`slice_parameters` with the exact
         checkerboard context's corrections at the non-anchor positions; ``anchors``: the
         slice's ``y_hat`` (float32) at the anchors, zero elsewhere."""
+        _release(mean)
         corrections = self.spatial[i](context_input([mean, log_scale, anchors])).chunk(2, 1)
         return corrected_non_anchors(mean, log_scale, *corrections)
 
@@ -240,12 +252,7 @@ class Coder:
         """
         from .entropy import IndexedEncoder, encode_indexed
         y, z = y.contiguous(), z.contiguous()   # the transforms' channels-last layout stops here
-        # A large image's coding steps each allocate and free hundreds of megabytes, of other
-        # sizes from step to step (and refinement's before them): each step starts from a heap
-        # whose free pages went back to the system, so holes of earlier sizes do not add up.
-        large = y.shape[2] * y.shape[3] > RELEASE_LATENTS
-        if large:
-            release_free_memory()
+        _release(y)   # refinement's or the analysis transform's holes
         z_hat = torch.round(z).clamp(-Z_MAX, Z_MAX)
         channel = torch.arange(z_hat.shape[1])[None, :, None, None].expand_as(z_hat)
         z_stream, z_esc = encode_indexed(z_hat.long().numpy(), channel.numpy(), self.z_tables)
@@ -253,14 +260,10 @@ class Coder:
         encoder = IndexedEncoder(self.y_tables)
         decoded = []
         for i, y_i in enumerate(y.chunk(self.slices, 1)):
-            if large:
-                release_free_memory()
             mean, log_scale = self.slice_parameters(i, mean_h, log_scale_h, decoded)
             y_hat = torch.zeros_like(y_i)
             for half, where in enumerate(self._halves(y_i.shape)):
                 if half:   # the non-anchors: parameters corrected from the anchors' y_hat
-                    if large:
-                        release_free_memory()
                     mean, log_scale = self.spatial_parameters(i, mean, log_scale, y_hat)
                 m32, index = mean.float(), self.h_s.scale_index(log_scale)
                 symbols = torch.round(y_i - m32).clamp(-2**20, 2**20)
@@ -288,16 +291,11 @@ class Coder:
         decoder = IndexedDecoder(streams["y_stream"], self.y_tables, escapes)
         decoded = []
         shape = (1, self.M // self.slices, yh, yw)
-        large = yh * yw > RELEASE_LATENTS   # as code_latents
         for i in range(self.slices):
-            if large:
-                release_free_memory()
             mean, log_scale = self.slice_parameters(i, mean_h, log_scale_h, decoded)
             y_hat = torch.zeros(shape)
             for half, where in enumerate(self._halves(shape)):
                 if half:
-                    if large:
-                        release_free_memory()
                     mean, log_scale = self.spatial_parameters(i, mean, log_scale, y_hat)
                 m32, index = mean.float(), self.h_s.scale_index(log_scale)
                 symbols = torch.zeros(shape)
@@ -327,6 +325,5 @@ class Coder:
         y_hat = torch.cat([d + self.model.residual(i, means[i], decoded[:i + 1])
                            for i, d in enumerate(decoded)], 1)
         del decoded, means, mean_h   # a large image's latents: free what synthesis does not need
-        if y_hat.shape[2] * y_hat.shape[3] > RELEASE_LATENTS:
-            release_free_memory()   # the entropy decoding's holes, before synthesis allocates
+        _release(y_hat)   # the entropy decoding's holes, before synthesis allocates
         return self.synthesis(y_hat.mul_(inv_gain[:, None, None])).clamp_(0, 1)
